@@ -1,0 +1,138 @@
+"""Convolutional autoencoder that projects images onto the manifold of normal images.
+
+Pure PyTorch: no Lightning, no Hydra, no loss. Scoring lives in `anomaly_ae.scoring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+NORMS = ("none", "batch", "instance", "group")
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"model.norm={kind!r} is not one of {NORMS}")
+
+
+def _act(kind: str) -> nn.Module:
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"model.activation={kind!r} is not one of {tuple(ACTIVATIONS)}")
+    return ACTIVATIONS[kind]()
+
+
+def conv_block(c_in: int, c_out: int, norm: str, act: str, **conv: int) -> nn.Sequential:
+    """Conv -> norm -> activation; the conv has no bias when a norm follows it."""
+    kernel = conv.pop("kernel_size", 3)
+    padding = conv.pop("padding", kernel // 2 * conv.get("dilation", 1))
+    layer = nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=norm == "none", **conv)
+    return nn.Sequential(layer, _norm(norm, c_out), _act(act))
+
+
+class DilatedResidual(nn.Module):
+    """3x3 dilated conv block with a residual path: wide context at the bottleneck."""
+
+    def __init__(self, channels: int, dilation: int, norm: str, act: str) -> None:
+        super().__init__()
+        self.block = conv_block(channels, channels, norm, act, dilation=dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+class GatedSkip(nn.Module):
+    """Mix decoder and encoder features with a learned per-channel coefficient in [0, 1]."""
+
+    def __init__(self, channels: int, init_logit: float) -> None:
+        super().__init__()
+        # Starts mostly closed: an open skip lets the network copy anomalies straight to the output.
+        self.logit = nn.Parameter(torch.full((1, channels, 1, 1), init_logit))
+
+    def forward(self, decoded: Tensor, encoded: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.logit)
+        return (1 - gate) * decoded + gate * encoded
+
+
+class ConvAutoencoder(nn.Module):
+    """Strided-conv encoder, dilated bottleneck, upsampling decoder with optional gated skips.
+
+    Args:
+        in_channels: 1 for grayscale data, 3 for colour.
+        width: channels after the stem; doubled at every downsampling up to `max_width`.
+        depth: number of stride-2 downsamplings; input sides must be divisible by 2**depth.
+        dilations: one residual dilated conv per entry at the bottleneck.
+        skips: gated skip connections at every downsampled resolution (never at full resolution).
+        upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 32,
+        depth: int = 4,
+        max_width: int = 256,
+        dilations: Sequence[int] = (1, 2, 4, 8, 16),
+        norm: str = "batch",
+        activation: str = "leaky_relu",
+        skips: bool = True,
+        skip_init_logit: float = -2.0,
+        upsample: str = "transposed",
+    ) -> None:
+        super().__init__()
+        if upsample not in ("transposed", "bilinear"):
+            raise ValueError(f"model.upsample={upsample!r} is not one of ('transposed', 'bilinear')")
+        self.in_channels, self.depth = in_channels, depth
+        widths = [min(width * 2**i, max_width) for i in range(depth + 1)]
+        self.stem = conv_block(in_channels, widths[0], norm, activation)
+        self.down = nn.ModuleList(
+            conv_block(widths[i], widths[i + 1], norm, activation, kernel_size=4, stride=2, padding=1)
+            for i in range(depth)
+        )
+        self.bottleneck = nn.Sequential(
+            *(DilatedResidual(widths[-1], d, norm, activation) for d in dilations)
+        )
+        self.up = nn.ModuleList(
+            self._up_block(widths[i + 1], widths[i], norm, activation, upsample)
+            for i in reversed(range(depth))
+        )
+        # Skip i joins the decoder output at the resolution of encoder stage i (H/2**i, i >= 1).
+        self.skips = nn.ModuleList(GatedSkip(widths[i], skip_init_logit) for i in reversed(range(1, depth)))
+        self.use_skips = skips
+        self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+
+    @staticmethod
+    def _up_block(c_in: int, c_out: int, norm: str, act: str, mode: str) -> nn.Sequential:
+        if mode == "transposed":
+            conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none")
+            return nn.Sequential(conv, _norm(norm, c_out), _act(act))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear"), *conv_block(c_in, c_out, norm, act)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images in [0, 1] -> (N, C, H, W) reconstructions, in train and eval mode."""
+        side = 2**self.depth
+        if x.shape[-1] % side or x.shape[-2] % side:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by 2**depth = {side}")
+        h = self.stem(x)
+        encoded = []
+        for down in self.down:
+            h = down(h)
+            encoded.append(h)  # encoded[i]: (N, widths[i+1], H / 2**(i+1), W / 2**(i+1))
+        h = self.bottleneck(h)
+        for level, up in enumerate(self.up):
+            h = up(h)
+            if self.use_skips and level < len(self.skips):
+                h = self.skips[level](h, encoded[-level - 2])
+        return self.head(h)

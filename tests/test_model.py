@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from anomaly_ae.model import ConvAutoencoder
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("norm", ["none", "batch", "instance", "group"])
+def test_reconstruction_has_input_shape_and_dtype(channels, norm):
+    model = ConvAutoencoder(in_channels=channels, width=8, depth=3, dilations=(1, 2), norm=norm)
+    images = torch.rand(2, channels, 32, 48)
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(images)
+        assert out.shape == images.shape
+        assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("skips", [True, False])
+@pytest.mark.parametrize("upsample", ["transposed", "bilinear"])
+def test_every_used_parameter_gets_a_gradient(skips, upsample):
+    model = ConvAutoencoder(in_channels=3, width=8, depth=3, dilations=(1, 2), skips=skips, upsample=upsample)
+    model(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    for name, parameter in model.named_parameters():
+        if not skips and name.startswith("skips."):
+            assert parameter.grad is None, name  # disabled skips must not touch the output
+            continue
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_skip_gates_start_mostly_closed():
+    model = ConvAutoencoder(in_channels=1, width=8, depth=3, skip_init_logit=-2.0)
+    assert len(model.skips) == 2  # at H/4 and H/2, never at full resolution
+    for skip in model.skips:
+        assert torch.allclose(torch.sigmoid(skip.logit), torch.tensor(0.1192), atol=1e-4)
+
+
+def test_width_doubles_up_to_max_width():
+    model = ConvAutoencoder(in_channels=1, width=16, depth=4, max_width=64)
+    assert [down[0].out_channels for down in model.down] == [32, 64, 64, 64]
+
+
+def test_size_not_divisible_by_depth_is_a_clear_error():
+    model = ConvAutoencoder(in_channels=1, width=8, depth=3)
+    with pytest.raises(ValueError, match=r"input size \(30, 32\) must be divisible by 2\*\*depth = 8"):
+        model(torch.rand(1, 1, 30, 32))
+
+
+def test_unknown_norm_names_the_options():
+    with pytest.raises(
+        ValueError, match=r"model.norm='layer' is not one of \('none', 'batch', 'instance', 'group'\)"
+    ):
+        ConvAutoencoder(norm="layer")
