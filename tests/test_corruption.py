@@ -1,0 +1,122 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_ae.corruption import SHAPES, StructuredCorruption, region_masks
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_same_seed_same_output_and_other_seed_differs():
+    images = torch.rand(8, 3, 64, 64)
+    corruption = StructuredCorruption()
+    a, mask_a = corruption(images, generator(1))
+    b, mask_b = corruption(images, generator(1))
+    c, _ = corruption(images, generator(2))
+    assert torch.equal(a, b) and torch.equal(mask_a, mask_b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("fill", ["foreign", "blank"])
+def test_pixels_change_only_inside_the_mask(fill):
+    images = torch.rand(16, 3, 48, 64)
+    corrupted, mask = StructuredCorruption(fill=fill)(images, generator())
+    assert corrupted.shape == images.shape and mask.shape == (16, 1, 48, 64)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    outside = (corrupted - images).abs() * (1 - mask)
+    assert outside.max() == 0
+    changed = (corrupted - images).abs().amax(dim=1, keepdim=True) > 0
+    # Almost every masked pixel really changes (a fill can coincide with the original only by chance).
+    assert changed[mask.bool()].float().mean() > 0.95
+
+
+def test_region_count_and_corrupted_share_follow_the_config():
+    corruption = StructuredCorruption(p_corrupt=0.7, max_regions=3)
+    regions = corruption.sample_regions(20000, 64, 64, torch.empty(0), generator())
+    counts = regions.active.sum(dim=1)
+    assert (counts > 0).float().mean().item() == pytest.approx(0.7, abs=0.015)
+    histogram = torch.bincount(counts[counts > 0], minlength=4)[1:].float() / (counts > 0).sum()
+    assert torch.allclose(histogram, torch.full((3,), 1 / 3), atol=0.015)
+    # Slots are filled in order: slot r is used only if slot r-1 is.
+    assert not (regions.active[:, 1:] & ~regions.active[:, :-1]).any()
+
+
+def test_region_sizes_are_log_uniform_within_bounds():
+    corruption = StructuredCorruption(min_size=0.05, max_size=0.2)
+    regions = corruption.sample_regions(20000, 100, 100, torch.empty(0), generator())
+    side = (regions.size_x * regions.size_y).sqrt() / 100  # geometric mean of the two extents
+    assert side.min() >= 0.05 - 1e-6 and side.max() <= 0.2 + 1e-6
+    assert side.log().mean().item() == pytest.approx((math.log(0.05) + math.log(0.2)) / 2, abs=0.01)
+
+
+@pytest.mark.parametrize(("shape", "area_factor"), [("rectangle", 1.0), ("ellipse", math.pi / 4)])
+def test_mask_area_matches_the_region_size(shape, area_factor):
+    corruption = StructuredCorruption(shapes=[shape], min_size=0.1, max_size=0.3, p_corrupt=1.0)
+    regions = corruption.sample_regions(400, 128, 128, torch.empty(0), generator()).used()
+    masks = region_masks(regions, [shape], 128, 128)
+    inside = (
+        (regions.center_x > 45) & (regions.center_x < 83) & (regions.center_y > 45) & (regions.center_y < 83)
+    )  # regions far from the border are not clipped
+    expected = area_factor * regions.size_x * regions.size_y
+    ratio = masks.sum(dim=(1, 2))[inside].float() / expected[inside]
+    assert ratio.mean().item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_every_shape_is_drawn_and_non_empty():
+    corruption = StructuredCorruption(p_corrupt=1.0, min_size=0.2, max_size=0.25)
+    regions = corruption.sample_regions(64, 64, 64, torch.empty(0), generator()).used()
+    masks = region_masks(regions, SHAPES, 64, 64, generator())
+    for index, name in enumerate(SHAPES):
+        drawn = regions.shape == index
+        assert drawn.any(), name
+        assert (masks[drawn].sum(dim=(1, 2)) > 0).all(), name
+
+
+def test_no_corruption_probability_is_the_identity():
+    images = torch.rand(4, 1, 32, 32)
+    corrupted, mask = StructuredCorruption(p_corrupt=0.0)(images, generator())
+    assert torch.equal(corrupted, images) and mask.sum() == 0
+
+
+def test_warped_self_copy_does_not_line_up_with_a_periodic_texture():
+    # Stripes of period 8: a plain shifted copy could be pixel-identical to the original.
+    x = torch.arange(64).float()
+    images = (0.5 + 0.5 * torch.sin(2 * math.pi * x / 8)).expand(32, 1, 64, 64).contiguous()
+    corruption = StructuredCorruption(
+        sources=["self"], p_corrupt=1.0, alpha_min=1.0, jitter=0.0, min_size=0.2
+    )
+    corrupted, mask = corruption(images, generator())
+    per_image = ((corrupted - images).abs() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3))
+    assert per_image.min() > 0.1  # every pasted region differs clearly from what it replaced
+
+
+def test_external_textures_are_used(tmp_path):
+    for i in range(2):
+        Image.fromarray(np.full((20, 20, 3), 255 * i, np.uint8)).save(tmp_path / f"t{i}.png")
+    corruption = StructuredCorruption(
+        sources=["external"], texture_dir=str(tmp_path), jitter=0.0, alpha_min=1.0
+    )
+    assert corruption.texture_pool.shape == (2, 3, 256, 256)
+    images = torch.full((8, 1, 32, 32), 0.5)
+    corrupted, mask = corruption(images, generator())
+    assert set(corrupted[mask.bool().expand_as(corrupted)].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_invalid_configuration_is_named():
+    with pytest.raises(ValueError, match=r"corruption.shapes=\['star'\] must be a non-empty subset of"):
+        StructuredCorruption(shapes=["star"])
+    with pytest.raises(ValueError, match="corruption.sources contains 'external' but corruption.texture_dir"):
+        StructuredCorruption(sources=["external"])
+
+
+def test_anchor_noise_is_off_by_default_and_seeded_when_on():
+    images = torch.rand(2, 1, 8, 8)
+    assert StructuredCorruption().anchor_noise(images) is images
+    noisy = StructuredCorruption(gaussian_noise_std=0.05)
+    a, b = noisy.anchor_noise(images, generator(3)), noisy.anchor_noise(images, generator(3))
+    assert torch.equal(a, b) and (a - images).std().item() == pytest.approx(0.05, rel=0.3)
