@@ -1,0 +1,39 @@
+"""The table printed at the end of a run: metrics and where everything was written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def format_metric(value: float) -> str:
+    return "n/a (no masks)" if math.isnan(value) else f"{value:.4f}"
+
+
+def print_summary(report: dict, output_dir: Path, console: Console | None = None) -> None:
+    """Print metrics, timing and output paths of one run as two small tables."""
+    console = console or Console()
+    title = f"{report['data']} / {report['category']} / seed {report['seed']}"
+    metrics = Table(title=f"Test results: {title}", title_justify="left")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in sorted(report["metrics"].items()):
+        metrics.add_row(key, format_metric(value))
+    metrics.add_row("evaluated at", report["eval_resolution"])
+    metrics.add_row("train / test time", f"{report['train_seconds']:.0f} s / {report['test_seconds']:.0f} s")
+    metrics.add_row("epochs / steps", f"{report['epochs']} / {report['steps']}")
+    console.print(metrics)
+
+    files = Table(title="Written", title_justify="left")
+    files.add_column("what")
+    files.add_column("path")
+    files.add_row("metrics", str(output_dir / "metrics.json"))
+    files.add_row("config", str(output_dir / "config.yaml"))
+    files.add_row("checkpoint (selected)", str(report["checkpoint"]))
+    files.add_row("checkpoint (last)", str(output_dir / "checkpoints" / "last.ckpt"))
+    if (output_dir / "csv").is_dir():
+        files.add_row("training log", str(output_dir / "csv" / "metrics.csv"))
+    console.print(files)
