@@ -1,0 +1,179 @@
+"""Tests for the embedded texture demo dataset and its defect generators."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly_ae.data import textures
+from anomaly_ae.data.defects import DEFECTS, commit
+from anomaly_ae.data.textures import DEFECT_TYPES, MARKER, TEXTURES, build_textures, crop_plan
+
+SMALL = dict(n_train=6, n_test_good=3, n_test_defect=4, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All categories at 64 px with a handful of images each."""
+    return build_textures(tmp_path_factory.mktemp("textures"), **SMALL)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, keyed by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    """Modification time of every file under root."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes(small_tree: Path, tmp_path: Path) -> None:
+    again = build_textures(tmp_path / "again", **SMALL)
+    assert _hashes(small_tree) == _hashes(again)
+    assert len(_hashes(again)) == len(TEXTURES) * (6 + 3 + 2 * 4 * len(DEFECT_TYPES) + 1)
+
+
+def test_other_seed_gives_other_images(small_tree: Path, tmp_path: Path) -> None:
+    other = build_textures(tmp_path / "other", ["grass"], **{**SMALL, "seed": 1})
+    a, b = _hashes(small_tree / "grass"), _hashes(other / "grass")
+    assert a.keys() == b.keys()
+    assert a["train/good/000.png"] != b["train/good/000.png"]
+
+
+def test_layout_counts_and_stems(small_tree: Path) -> None:
+    assert sorted(p.name for p in small_tree.iterdir()) == sorted(TEXTURES)  # no leftover temp dirs
+    for category in TEXTURES:
+        cat = small_tree / category
+        assert (cat / MARKER).is_file()
+        assert len(list((cat / "train" / "good").glob("*.png"))) == 6
+        assert len(list((cat / "test" / "good").glob("*.png"))) == 3
+        assert not (cat / "ground_truth" / "good").exists()
+        assert sorted(p.name for p in (cat / "test").iterdir()) == sorted(["good", *DEFECT_TYPES])
+        for name in DEFECT_TYPES:
+            images = sorted(p.stem for p in (cat / "test" / name).glob("*.png"))
+            masks = sorted(p.stem for p in (cat / "ground_truth" / name).glob("*.png"))
+            assert len(images) == 4
+            assert masks == [f"{stem}_mask" for stem in images]
+            for stem in images:
+                image = Image.open(cat / "test" / name / f"{stem}.png")
+                mask = Image.open(cat / "ground_truth" / name / f"{stem}_mask.png")
+                assert image.mode == "L"  # skimage's photos are grayscale and stay 1-channel
+                assert image.size == mask.size == (64, 64)
+                assert mask.mode == "L"
+                assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_written_masks_are_exactly_the_changed_pixels(small_tree: Path) -> None:
+    for category in TEXTURES:
+        photo = textures.load_photo(category)
+        plan = crop_plan(category, **SMALL)
+        for name in DEFECT_TYPES:
+            for i, crop in enumerate(plan[name]):
+                base = textures._cut(photo, crop)[..., 0]
+                image = np.asarray(Image.open(small_tree / category / "test" / name / f"{i:03d}.png"))
+                mask = np.asarray(
+                    Image.open(small_tree / category / "ground_truth" / name / f"{i:03d}_mask.png")
+                )
+                assert mask.any(), f"{category}/{name}/{i:03d} has no defect"
+                np.testing.assert_array_equal(image != base, mask == 255)
+
+
+@pytest.mark.parametrize("name", DEFECT_TYPES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_defect_mask_exact_on_extreme_images(name: str, channels: int) -> None:
+    rng = np.random.default_rng(0)
+    # Flat black/white/mid images force rounding and clipping ties that must still count as changes.
+    for level, seed in itertools.product([0, 1, 128, 254, 255], range(5)):
+        base = np.full((48, 48, channels), level, np.uint8)
+        base[::7] = rng.integers(0, 256, base[::7].shape)  # some texture so contrast changes matter
+        image, mask = DEFECTS[name](base, np.random.default_rng(seed))
+        assert image.dtype == np.uint8 and image.shape == base.shape
+        assert mask.dtype == bool and mask.shape == base.shape[:2] and mask.any()
+        np.testing.assert_array_equal((image != base).any(-1), mask)
+
+
+def test_commit_nudges_ties_within_range() -> None:
+    base = np.array([[[0], [255], [100], [100]]], np.uint8)
+    target = np.array([[[-5.0], [300.0], [100.2], [140.0]]])
+    region = np.array([[True, True, True, False]])
+    image, mask = commit(base, target, region)
+    assert image[..., 0].tolist() == [[1, 254, 101, 100]]
+    np.testing.assert_array_equal(mask, region)
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_train_and_test_crops_are_disjoint(size: int) -> None:
+    for category in TEXTURES:
+        height, width = textures.load_photo(category).shape[:2]
+        boundary = textures.split_row(height, size)
+        plan = crop_plan(category, n_train=50, n_test_good=10, n_test_defect=5, size=size)
+        train = [c.box for c in plan["train"]]
+        test = [c.box for key, crops in plan.items() if key != "train" for c in crops]
+        assert len(train) == 50 and len(test) == 10 + 5 * len(DEFECT_TYPES)
+        assert all(t >= 0 and x >= 0 and b <= boundary and r <= width for t, x, b, r in train)
+        assert all(t >= boundary and x >= 0 and b <= height and r <= width for t, x, b, r in test)
+        for (t1, l1, b1, r1), (t2, l2, b2, r2) in itertools.product(train, test):
+            assert b1 <= t2 or b2 <= t1 or r1 <= l2 or r2 <= l1  # boxes do not intersect
+
+
+def test_second_call_does_not_rewrite(tmp_path: Path) -> None:
+    build_textures(tmp_path, ["gravel"], **SMALL)
+    before = _mtimes(tmp_path)
+    time.sleep(0.01)  # so a rewrite would show up in st_mtime_ns
+    build_textures(tmp_path, ["gravel"], **SMALL)
+    assert _mtimes(tmp_path) == before
+
+
+def test_parameter_change_rebuilds(tmp_path: Path) -> None:
+    build_textures(tmp_path, ["brick"], **SMALL)
+    build_textures(tmp_path, ["brick"], **{**SMALL, "n_train": 4})
+    assert len(list((tmp_path / "brick" / "train" / "good").glob("*.png"))) == 4
+    assert '"n_train": 4' in (tmp_path / "brick" / MARKER).read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["brick"]  # old tree and temp dirs are gone
+
+
+def test_interrupted_build_never_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def failing_save(path: Path, image: np.ndarray) -> None:
+        calls.append(path)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(textures, "_save_png", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        build_textures(tmp_path, ["grass"], **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_raise(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown texture"):
+        build_textures(tmp_path, ["carpet"], **SMALL)
+    with pytest.raises(ValueError, match="disjoint"):
+        build_textures(tmp_path, ["brick"], **{**SMALL, "size": 300})
+
+
+def test_default_size_and_preview(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    textures.main(
+        ["--root", str(tmp_path / "data"), "--categories", "brick", "--preview", str(tmp_path / "p.png")]
+    )
+    assert time.perf_counter() - start < 15
+    cat = tmp_path / "data" / "brick"
+    assert len(list((cat / "train" / "good").glob("*.png"))) == 200
+    assert len(list((cat / "test" / "good").glob("*.png"))) == 20
+    assert all(len(list((cat / "test" / n).glob("*.png"))) == 10 for n in DEFECT_TYPES)
+    assert Image.open(cat / "train" / "good" / "199.png").size == (256, 256)
+    preview = Image.open(tmp_path / "p.png")
+    assert preview.size[0] == 256 * (1 + 2 * len(DEFECT_TYPES)) and preview.size[1] > 256
