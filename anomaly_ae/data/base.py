@@ -1,89 +1,43 @@
-"""What every data source shares: samples, image decoding, the dataset and the datamodule skeleton."""
+"""What every data source shares: samples, listings, the dataset and the datamodule skeleton."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from anomaly_ae.data.check import Checked, check_listing
+from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, pil_to_uint8, read_image, read_mask
+from anomaly_ae.data.listing import Listing, Problem, Sample
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: where it is, whether it is anomalous, and where its mask is (None: no mask)."""
-
-    path: str
-    label: int  # 0 normal, 1 anomalous
-    defect_type: str = "good"
-    mask_path: str | None = None
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_image(path: str | Path, channels: int, size: int | None) -> Tensor:
-    """Decode an image file into a (channels, size, size) uint8 tensor; errors name the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return pil_to_uint8(image, channels, size)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise OSError(f"cannot read image {path}: {error}. Replace or delete the file.") from error
-
-
-def pil_to_uint8(image: Image.Image, channels: int, size: int | None) -> Tensor:
-    """PIL image (any mode, 8 or 16 bit) -> (channels, size, size) uint8 tensor."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grey: rescale, do not clip
-        array = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray((array / max(float(array.max()), 1.0) * 255).astype(np.uint8))
-    image = image.convert("L" if channels == 1 else "RGB")
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
-    return torch.from_numpy(array.copy())
-
-
-def read_mask(path: str | Path, size: int | None) -> Tensor:
-    """Decode a mask file into a (1, size, size) uint8 tensor of 0/1; nearest resize keeps it binary."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L")
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.NEAREST)
-            array = np.asarray(image) > 127
-    except (OSError, UnidentifiedImageError) as error:
-        raise OSError(f"cannot read mask {path}: {error}. Replace or delete the file.") from error
-    return torch.from_numpy(array[None].astype(np.uint8))
-
-
-def image_channels(path: str | Path) -> int:
-    """1 for grayscale files, 3 otherwise."""
-    with Image.open(path) as image:
-        return 1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+# Re-exported: other modules (explain/cli.py) import the decoding helpers from here.
+__all__ = [
+    "IMAGE_SUFFIXES", "AnomalyDataModule", "ImageDataset", "Listing", "Problem", "Sample",
+    "list_images", "read_image", "read_mask", "split_normals",
+]  # fmt: skip
 
 
 class ImageDataset(Dataset):
     """Items: {image (C, S, S) uint8, mask (1, S, S) uint8, label, defect_type, path}.
 
-    Images are decoded from `samples[i].path`, or taken from `images` when the source keeps
-    them in memory. Augmentation and corruption happen later, on the device.
+    Images and masks are decoded from the files, or taken from `images` / `masks` when the source
+    keeps them in memory. Augmentation and corruption happen later, on the device.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], channels: int, size: int, images: Tensor | None = None
+        self,
+        samples: Sequence[Sample],
+        channels: int,
+        size: int,
+        images: Tensor | None = None,
+        masks: Tensor | None = None,
     ) -> None:
-        self.samples, self.channels, self.size, self.images = list(samples), channels, size, images
+        self.samples, self.channels, self.size = list(samples), channels, size
+        self.images, self.masks = images, masks
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,7 +48,9 @@ class ImageDataset(Dataset):
             image = self.images[index]
         else:
             image = read_image(sample.path, self.channels, self.size)
-        if sample.mask_path is not None:
+        if self.masks is not None:
+            mask = self.masks[index]
+        elif sample.mask_path is not None:
             mask = read_mask(sample.mask_path, self.size)
         else:  # normal images are all-zero; unlabeled anomalies too (has_masks says whether they count)
             mask = torch.zeros(1, self.size, self.size, dtype=torch.uint8)
@@ -119,10 +75,16 @@ def split_normals(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
 class AnomalyDataModule(L.LightningDataModule):
     """Train on normal images, validate on a held-out share of them, test on the labelled test split.
 
-    Subclasses implement `load()` -> (train samples, test samples, channels, in-memory images or None).
+    Subclasses implement `load()` -> Listing, and `fetch()` when the data can be downloaded.
+    `setup` checks every file (see `anomaly_ae.data.check`) before any training starts.
+
+    Args:
+        channels: 1 or 3; None picks 3 when any image is in colour, else 1.
+        cache: decode and resize every image once at setup and serve them from memory.
     """
 
     has_masks = True  # whether test masks are ground truth (pixel metrics are then meaningful)
+    label_masks = False  # masks are label maps (any non-zero value is a defect): not checked for 0/255
 
     def __init__(
         self,
@@ -134,39 +96,88 @@ class AnomalyDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         augment: dict | None = None,
+        channels: int | None = None,
+        cache: bool = False,
+        progress: bool = True,
     ) -> None:
         super().__init__()
+        if channels not in (None, 1, 3):
+            raise ValueError(f"data.channels={channels!r} is not one of null, 1, 3")
         # Which flips/rotations keep an image normal is a property of the data; the module applies them.
         self.augment = dict(augment or {"hflip": False, "vflip": False, "rot90": False})
         self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.fixed_channels, self.cache, self.progress = channels, cache, progress
         self.channels: int | None = None
         self.train_set = self.val_set = self.test_set = None
 
-    def load(self) -> tuple[list[Sample], list[Sample], int, dict[str, Tensor] | None]:
+    @property
+    def where(self) -> str:
+        """The data in words, for messages: source, category and folder."""
+        return type(self).__name__
+
+    def fetch(self) -> None:
+        """Make sure the data is on disk: download it when configured, else explain how to get it."""
+
+    def load(self) -> Listing:
         raise NotImplementedError
+
+    def cache_image(self, image: Image.Image, channels: int) -> Tensor:
+        """A decoded file -> the (channels, S, S) uint8 tensor kept in memory; same pixels as read_image."""
+        return pil_to_uint8(image, channels, self.image_size)
+
+    def listing(self) -> Listing:
+        """Fetch (if configured) and list the data, with the problems found while listing."""
+        self.fetch()
+        return self.load()
+
+    def check(self, listing: Listing, cache: bool = False) -> Checked:
+        """Decode every file of the listing (kept in memory if `cache`); raise DataError on problems."""
+        return check_listing(
+            listing,
+            where=self.where,
+            channels=self.fixed_channels,
+            cache_size=self.image_size,
+            cache_image=self.cache_image if cache else None,
+            label_masks=self.label_masks,
+            progress=self.progress,
+        )
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node; setup fetches too (a no-op once complete) because
+        # run.py calls setup before the Trainer exists, and the download is file-locked for other ranks.
+        self.fetch()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, test, self.channels, memory = self.load()
-        fit, val = split_normals(train, self.val_fraction, self.split_seed)
+        listing = self.listing()
+        checked = self.check(listing, cache=self.cache)  # raises DataError listing every problem
+        self.channels = checked.channels
+        if listing.val is None:
+            fit, val = split_normals(listing.train, self.val_fraction, self.split_seed)
+        else:
+            fit, val = listing.train, listing.val
         if len(fit) < self.batch_size:
             raise ValueError(
                 f"only {len(fit)} training images after holding out {len(val)} for validation, fewer than "
                 f"data.batch_size={self.batch_size}: lower data.batch_size or data.val_fraction"
             )
-        images = memory or {}
-        self.train_set = self._dataset(fit, images.get("train"), train)
-        self.val_set = self._dataset(val, images.get("train"), train)
-        self.test_set = self._dataset(test, images.get("test"), test)
+        row = {sample.path: i for i, sample in enumerate(listing.samples())}
+        self.train_set, self.val_set, self.test_set = (
+            self._dataset(subset, checked.images, checked.masks, row) for subset in (fit, val, listing.test)
+        )
 
-    def _dataset(self, subset: list[Sample], images: Tensor | None, full: list[Sample]) -> ImageDataset:
-        if images is not None:  # in-memory sources: pick the rows of this subset
-            position = {sample.path: i for i, sample in enumerate(full)}
-            images = images[[position[s.path] for s in subset]]
-        return ImageDataset(subset, self.channels, self.image_size, images)
+    def _dataset(
+        self, subset: list[Sample], images: Tensor | None, masks: Tensor | None, row: dict[str, int]
+    ) -> ImageDataset:
+        if images is not None:  # cached: copy this subset's rows now, before DataLoader workers fork
+            rows = torch.tensor([row[s.path] for s in subset], dtype=torch.long)
+            images = images[rows]
+            # Subsets without masks (train, val) get zeros on the fly rather than a tensor of zeros.
+            masks = masks[rows] if any(s.mask_path for s in subset) else None
+        return ImageDataset(subset, self.channels, self.image_size, images, masks)
 
     def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
         return DataLoader(

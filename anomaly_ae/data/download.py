@@ -73,6 +73,8 @@ def download_dataset(
         # Re-check under the lock: the process we waited for has usually finished the job.
         if _is_complete(target, sha256):
             return target
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # an empty folder made in advance (mkdir data/mvtec) holds nothing to protect
         if target.exists():
             raise DownloadError(
                 f"{target} exists but is not a complete download of {url} (no {MARKER} holding sha256 "
