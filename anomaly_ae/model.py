@@ -57,7 +57,7 @@ class GatedSkip(nn.Module):
     def __init__(self, channels: int, init_logit: float) -> None:
         super().__init__()
         # Starts mostly closed: an open skip lets the network copy anomalies straight to the output.
-        self.logit = nn.Parameter(torch.full((1, channels, 1, 1), init_logit))
+        self.logit = nn.Parameter(torch.full((1, channels, 1, 1), float(init_logit)))  # ints from the CLI too
 
     def forward(self, decoded: Tensor, encoded: Tensor) -> Tensor:
         gate = torch.sigmoid(self.logit)

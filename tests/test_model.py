@@ -51,3 +51,8 @@ def test_unknown_norm_names_the_options():
         ValueError, match=r"model.norm='layer' is not one of \('none', 'batch', 'instance', 'group'\)"
     ):
         ConvAutoencoder(norm="layer")
+
+
+def test_integer_skip_logit_from_the_command_line_is_accepted():
+    model = ConvAutoencoder(in_channels=1, width=8, depth=2, skip_init_logit=0)
+    assert model.skips[0].logit.dtype == torch.float32 and float(model.skips[0].logit.mean()) == 0.0
