@@ -7,13 +7,18 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.classification import BinaryStatScores
 
+from anomaly_ae.corruption import StructuredCorruption
+from anomaly_ae.metrics import ImageMetrics, PixelMetrics
 from anomaly_ae.scoring import anomaly_map, as_float, image_score, reconstruction_loss
+from anomaly_ae.thresholds import f1_and_iou, fit_image_threshold, fit_pixel_threshold, pixel_curves
 
 VAL_CORRUPTION_SEED = 12345  # fixed: validation sees the same pseudo-defects every epoch
+DEFAULT_EVAL = {"resolution": "mask", "threshold": "f1", "quantile": 0.99, "max_fpr": 0.3}
 
 
 def augment(images: Tensor, hflip: bool, vflip: bool, rot90: bool) -> Tensor:
@@ -37,10 +42,11 @@ class AnomalyAE(L.LightningModule):
     Args are plain config dicts so that a checkpoint carries everything needed to rebuild the model.
         model: kwargs of the autoencoder, with `_target_`.
         corruption: kwargs of the training corruption, with `_target_`; None trains a plain autoencoder.
-        optim: lr, weight_decay, betas, scheduler ("cosine" or "none").
+        optim: lr, betas, weight_decay, scheduler ("cosine" or "none"), warmup_steps.
         score: sigma (px), reduction, topk.
         loss: clean_weight (None: plain MSE over the image).
         augment: hflip, vflip, rot90 applied on the device during training.
+        eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
     """
 
     def __init__(
@@ -52,81 +58,144 @@ class AnomalyAE(L.LightningModule):
         loss: dict,
         augment: dict,
         in_channels: int,
+        eval: dict | None = None,
+        image_size: int | None = None,
         has_masks: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        eval = {**DEFAULT_EVAL, **(eval or {})}
         self.save_hyperparameters()
+        self.hparams.eval = eval
         self.model = instantiate(model, in_channels=in_channels)
         self.corruption = instantiate(corruption) if corruption else None
-        self.val_pixel_auroc = BinaryAUROC(thresholds=None)
-        self.test_image_auroc = BinaryAUROC(thresholds=None)
-        self.test_pixel_auroc = BinaryAUROC(thresholds=None)
+        # Validation always uses the default corruption, so that checkpoints and thresholds of every
+        # training objective (plain AE included) are selected on the same pseudo-defects.
+        self.val_corruption = StructuredCorruption()
+        self.val_image, self.val_pixel = ImageMetrics(), PixelMetrics(eval["max_fpr"])
+        self.test_image, self.test_pixel = ImageMetrics(), PixelMetrics(eval["max_fpr"])
+        self.image_stats, self.pixel_stats = BinaryStatScores(), BinaryStatScores()
+        self.register_buffer("image_threshold", torch.tensor(math.nan))
+        self.register_buffer("pixel_threshold", torch.tensor(math.nan))
+        self.threshold_source = {"image": "not fitted", "pixel": "not fitted"}
+        self._val_scores: list[Tensor] = []
+        self._val_flags: list[Tensor] = []
+        self.test_records: list[dict] = []
+        self.test_pixel_curves: dict | None = None
         self._generator: torch.Generator | None = None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,))."""
-        maps = anomaly_map(images, self.model(images), self.hparams.score["sigma"])
-        return maps, image_score(maps, self.hparams.score["reduction"], self.hparams.score["topk"])
+        return self.score(images, self.model(images))
 
-    def _corruption_generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def score(self, images: Tensor, reconstructions: Tensor) -> tuple[Tensor, Tensor]:
+        maps = anomaly_map(images, reconstructions, self.hparams.score["sigma"])
+        return maps, image_score(maps, self.hparams.score["reduction"], self.hparams.score["topk"])
 
     def on_train_start(self) -> None:
         # Each DDP rank draws its own corruptions, reproducibly.
-        self._generator = self._corruption_generator(self.hparams.seed * 1000 + self.global_rank)
+        seed = self.hparams.seed * 1000 + self.global_rank
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_CORRUPTION_SEED)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = as_float(batch["image"])
         trainer = self._trainer
         training = trainer is not None and trainer.training
         validating = trainer is not None and (trainer.validating or trainer.sanity_checking)
+        target, corrupted, mask = images, images, torch.zeros_like(images[:, :1])
         if training:
-            images = augment(images, **self.hparams.augment)
-        if (training or validating) and self.corruption is not None:
-            generator = self._generator if training else self._val_generator
-            target = self.corruption.anchor_noise(images, generator)
-            corrupted, mask = self.corruption(target, generator)
-        else:
-            target, corrupted, mask = images, images, torch.zeros_like(images[:, :1])
+            images = target = corrupted = augment(images, **self.hparams.augment)
+            if self.corruption is not None:
+                target = self.corruption.anchor_noise(images, self._generator)
+                corrupted, mask = self.corruption(target, self._generator)
+        elif validating:
+            corrupted, mask = self.val_corruption(images, self._val_generator)
         batch.update(image=images, input=corrupted, target=target, corruption_mask=mask)
         return batch
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_generator = self._corruption_generator(VAL_CORRUPTION_SEED)
-
-    def _step(self, batch: dict, stage: str) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         reconstructions = self.model(batch["input"])
-        loss = reconstruction_loss(
-            reconstructions, batch["target"], batch["corruption_mask"], self.hparams.loss["clean_weight"]
+        loss = self._loss(reconstructions, batch)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(reconstructions)
         )
-        batch_size = len(reconstructions)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_epoch=True, batch_size=batch_size)
-        if stage == "train":
-            return loss
-        maps = anomaly_map(batch["input"], reconstructions, self.hparams.score["sigma"])
-        if stage == "val":  # detecting the fixed synthetic regions: a test-free selection signal
-            self.val_pixel_auroc.update(maps.flatten(), batch["corruption_mask"].flatten().long())
-            self.log(
-                "val/pixel_auroc", self.val_pixel_auroc, prog_bar=True, on_epoch=True, batch_size=batch_size
-            )
-        else:
-            scores = image_score(maps, self.hparams.score["reduction"], self.hparams.score["topk"])
-            self.test_image_auroc.update(scores, batch["label"].long())
-            self.log("test/image_auroc", self.test_image_auroc, on_epoch=True, batch_size=batch_size)
-            if self.hparams.has_masks:
-                self.test_pixel_auroc.update(maps.flatten(), batch["mask"].flatten().long())
-                self.log("test/pixel_auroc", self.test_pixel_auroc, on_epoch=True, batch_size=batch_size)
         return loss
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def _loss(self, reconstructions: Tensor, batch: dict) -> Tensor:
+        clean_weight = self.hparams.loss["clean_weight"]
+        return reconstruction_loss(reconstructions, batch["target"], batch["corruption_mask"], clean_weight)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        reconstructions = self.model(batch["input"])
+        self.log("val/loss", self._loss(reconstructions, batch), batch_size=len(reconstructions))
+        maps, scores = self.score(batch["input"], reconstructions)
+        corrupted = batch["corruption_mask"].flatten(1).any(dim=1)
+        self.val_image.update(scores, corrupted)
+        self.val_pixel.update(maps, batch["corruption_mask"][:, 0])
+        self._val_scores.append(scores.detach())
+        self._val_flags.append(corrupted)
 
-    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+    def on_validation_epoch_end(self) -> None:
+        image, pixel = self.val_image.compute(), self.val_pixel.compute()
+        values = {f"val/{k}": v for k, v in (image | pixel).items() if k != "image_f1_threshold"}
+        self.log("val/pixel_auroc", values.pop("val/pixel_auroc"), prog_bar=True)  # selects the checkpoint
+        self.log_dict(values)
+        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
+        flags = self.all_gather(torch.cat(self._val_flags)).flatten()
+        method, quantile = self.hparams.eval["threshold"], self.hparams.eval["quantile"]
+        image_threshold, self.threshold_source["image"] = fit_image_threshold(scores, flags, method, quantile)
+        pixel_threshold, self.threshold_source["pixel"] = fit_pixel_threshold(
+            self.val_pixel, method, quantile
+        )
+        self.image_threshold.fill_(image_threshold)
+        self.pixel_threshold.fill_(pixel_threshold)
+        for metric in (self.val_image, self.val_pixel):
+            metric.reset()
+        self._val_scores.clear()
+        self._val_flags.clear()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        maps, scores = self(batch["image"])
+        labels = batch["label"].long()
+        self.test_image.update(scores, labels)
+        self.image_stats.update((scores >= self.image_threshold).long(), labels)
+        if self.hparams.has_masks:
+            masks = batch["mask"][:, 0]
+            if masks.shape[-2:] != maps.shape[-2:]:  # eval.resolution=mask: upsample the map, not the mask
+                maps = F.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0]
+            self.test_pixel.update(maps, masks)
+            self.pixel_stats.update((maps >= self.pixel_threshold).long().flatten(), masks.long().flatten())
+        for i, score in enumerate(scores.tolist()):
+            self.test_records.append(
+                {"path": batch["path"][i], "label": int(labels[i]), "defect_type": batch["defect_type"][i],
+                 "score": score, "predicted": int(score >= float(self.image_threshold))}
+            )  # fmt: skip
+
+    def on_test_epoch_start(self) -> None:
+        self.test_records = []
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_image.compute()
+        image_f1, _ = f1_and_iou(self.image_stats.compute()[[0, 1, 3]])
+        values |= {"image_f1": image_f1, "image_threshold": self.image_threshold}
+        if self.hparams.has_masks:
+            pixel = self.test_pixel.compute()
+            self.test_pixel_curves = pixel_curves(self.test_pixel, pixel)
+            values |= pixel
+            pixel_f1, pixel_iou = f1_and_iou(self.pixel_stats.compute()[[0, 1, 3]])
+            values |= {"pixel_f1": pixel_f1, "pixel_iou": pixel_iou, "pixel_threshold": self.pixel_threshold}
+        self.log_dict({f"test/{k}": float(v) for k, v in values.items() if k != "image_f1_threshold"})
+        for metric in (self.test_image, self.test_pixel, self.image_stats, self.pixel_stats):
+            metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["threshold_source"] = dict(self.threshold_source)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.threshold_source = dict(checkpoint.get("threshold_source", self.threshold_source))
 
     def configure_optimizers(self) -> Any:
         optim = self.hparams.optim

@@ -7,8 +7,10 @@ python -m anomaly_ae.run -m category=carpet,grid,leather,tile,wood
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,7 +20,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ae.module import AnomalyAE
+from anomaly_ae.results import write_run_outputs
 from anomaly_ae.summary import print_summary
+
+# Library messages that say nothing actionable to a user of this tool; real problems still show.
+QUIET = (
+    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a",  # by design
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, not our code
+)
 
 
 def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
@@ -31,7 +40,9 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
         score=OmegaConf.to_container(cfg.score, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         augment=dict(datamodule.augment),
+        eval=OmegaConf.to_container(cfg.eval, resolve=True),
         in_channels=datamodule.channels,
+        image_size=datamodule.image_size,
         has_masks=datamodule.has_masks,
         seed=cfg.seed,
     )
@@ -39,6 +50,8 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
 
 def fit(cfg: DictConfig) -> dict[str, float]:
     """Train, test the selected checkpoint and return the test metrics (also in metrics.json)."""
+    for message in QUIET:
+        warnings.filterwarnings("ignore", message=message)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -66,24 +79,43 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     test_seconds = time.perf_counter() - start
 
     metrics = {key: float(value) for key, value in results.items()}
-    if not datamodule.has_masks:
-        metrics["test/pixel_auroc"] = float("nan")  # no ground-truth masks: not available, not zero
     report = {
         "metrics": metrics,
         "category": cfg.category,
         "seed": cfg.seed,
         "data": cfg.data._target_.rsplit(".", 1)[-1],
-        "eval_resolution": f"model ({datamodule.image_size}x{datamodule.image_size})",
+        "eval_resolution": describe_resolution(datamodule),
+        "pixel_metrics": "computed" if datamodule.has_masks else "not available: the data has no masks",
+        "thresholds": {
+            "image": float(module.image_threshold),
+            "pixel": float(module.pixel_threshold),
+            "fitted_by": dict(module.threshold_source),
+        },
         "checkpoint": selected,
+        "config_hash": config_hash(cfg),
         "train_seconds": round(train_seconds, 1),
         "test_seconds": round(test_seconds, 1),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
     }
     if trainer.is_global_zero:
+        report["files"] = write_run_outputs(output_dir, module, datamodule)
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         print_summary(report, output_dir)
     return metrics
+
+
+def describe_resolution(datamodule) -> str:
+    if datamodule.test_set.original_masks:
+        return "ground-truth mask size (anomaly maps upsampled bilinearly)"
+    return f"model input ({datamodule.image_size}x{datamodule.image_size})"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of the resolved config minus where it was written: equal hashes, equal experiments."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("output_dir", None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 
 def format_metric(value: float) -> str:
-    return "n/a (no masks)" if math.isnan(value) else f"{value:.4f}"
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def print_summary(report: dict, output_dir: Path, console: Console | None = None) -> None:
@@ -22,7 +22,11 @@ def print_summary(report: dict, output_dir: Path, console: Console | None = None
     metrics.add_column("value", justify="right")
     for key, value in sorted(report["metrics"].items()):
         metrics.add_row(key, format_metric(value))
+    if report["pixel_metrics"] != "computed":
+        metrics.add_row("pixel metrics", report["pixel_metrics"])
     metrics.add_row("evaluated at", report["eval_resolution"])
+    fitted = report["thresholds"]["fitted_by"]
+    metrics.add_row("image threshold", f"{report['thresholds']['image']:.4g} ({fitted['image']})")
     metrics.add_row("train / test time", f"{report['train_seconds']:.0f} s / {report['test_seconds']:.0f} s")
     metrics.add_row("epochs / steps", f"{report['epochs']} / {report['steps']}")
     console.print(metrics)
@@ -31,6 +35,8 @@ def print_summary(report: dict, output_dir: Path, console: Console | None = None
     files.add_column("what")
     files.add_column("path")
     files.add_row("metrics", str(output_dir / "metrics.json"))
+    for what, path in report.get("files", {}).items():
+        files.add_row(what, path)
     files.add_row("config", str(output_dir / "config.yaml"))
     files.add_row("checkpoint (selected)", str(report["checkpoint"]))
     files.add_row("checkpoint (last)", str(output_dir / "checkpoints" / "last.ckpt"))

@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import subprocess
 import sys
@@ -19,13 +18,48 @@ def test_fit_writes_metrics_config_and_checkpoints(mvtec_root, tmp_path):
         tiny_overrides(mvtec_root, out) + ["+trainer.limit_train_batches=2", "trainer.max_epochs=1"]
     )
     metrics = fit(cfg)
-    assert set(metrics) == {"test/image_auroc", "test/pixel_auroc", "test/loss"}
-    assert 0 <= metrics["test/image_auroc"] <= 1 and 0 <= metrics["test/pixel_auroc"] <= 1
+    image_keys = {"image_auroc", "image_ap", "image_f1_max", "image_f1", "image_threshold"}
+    pixel_keys = {
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_f1_max",
+        "pixel_aupro",
+        "pixel_f1",
+        "pixel_iou",
+        "pixel_threshold",
+    }
+    assert set(metrics) == {f"test/{k}" for k in image_keys | pixel_keys}
+    for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro", "pixel_iou"):
+        assert 0 <= metrics[f"test/{key}"] <= 1, key
     report = json.loads((out / "metrics.json").read_text())
     assert report["metrics"] == metrics and report["steps"] == 2
+    assert report["thresholds"]["fitted_by"] == {
+        "image": "f1 on validation pseudo-defects",
+        "pixel": "f1 on validation pseudo-defects",
+    }
+    assert report["thresholds"]["image"] == metrics["test/image_threshold"]
     assert Path(report["checkpoint"]).name == "best.ckpt"
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert "category: toy" in (out / "config.yaml").read_text()
+    for name in ("scores.csv", "roc_pr.png", "examples.png"):
+        assert (out / name).is_file(), name
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,label,defect_type,score,predicted" and len(rows) == 1 + 12
+
+
+def test_mask_resolution_upsamples_maps_to_the_ground_truth(tmp_path):
+    root = make_mvtec_tree(tmp_path / "data", size=64)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(root, out) + ["trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
+    metrics = fit(compose_config(overrides + ["eval.resolution=mask"]))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["eval_resolution"] == "ground-truth mask size (anomaly maps upsampled bilinearly)"
+    at_model = fit(compose_config(overrides + ["eval.resolution=model", f"output_dir={tmp_path / 'model'}"]))
+    assert (
+        json.loads((tmp_path / "model/metrics.json").read_text())["eval_resolution"] == "model input (32x32)"
+    )
+    assert metrics["test/image_auroc"] == at_model["test/image_auroc"]  # image scores do not depend on it
+    assert metrics["test/pixel_auroc"] != at_model["test/pixel_auroc"]
 
 
 def test_short_training_lowers_the_loss_and_detects_defects(tmp_path):
@@ -64,9 +98,10 @@ def test_elpv_demo_runs_end_to_end_on_the_real_cells(tmp_path):
     ]
     metrics = fit(compose_config(overrides))
     assert 0 <= metrics["test/image_auroc"] <= 1
-    assert math.isnan(metrics["test/pixel_auroc"])  # no masks: not available, not zero
+    assert not [key for key in metrics if "pixel" in key]  # no masks: not available, not zero
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["data"] == "ElpvDataModule" and report["category"] == "mono"
+    assert report["pixel_metrics"] == "not available: the data has no masks"
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

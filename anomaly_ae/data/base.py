@@ -35,9 +35,10 @@ class ImageDataset(Dataset):
         size: int,
         images: Tensor | None = None,
         masks: Tensor | None = None,
+        original_masks: bool = False,
     ) -> None:
         self.samples, self.channels, self.size = list(samples), channels, size
-        self.images, self.masks = images, masks
+        self.images, self.masks, self.original_masks = images, masks, original_masks
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,7 +49,9 @@ class ImageDataset(Dataset):
             image = self.images[index]
         else:
             image = read_image(sample.path, self.channels, self.size)
-        if self.masks is not None:
+        if self.original_masks:  # eval.resolution=mask: ground truth at the file's own size
+            mask = original_size_mask(sample)
+        elif self.masks is not None:
             mask = self.masks[index]
         elif sample.mask_path is not None:
             mask = read_mask(sample.mask_path, self.size)
@@ -61,6 +64,15 @@ class ImageDataset(Dataset):
             "defect_type": sample.defect_type,
             "path": sample.path,
         }
+
+
+def original_size_mask(sample: Sample) -> Tensor:
+    """The sample's mask at its original size; zeros of the image's size when it has no mask file."""
+    if sample.mask_path is not None:
+        return read_mask(sample.mask_path, None)
+    with Image.open(sample.path) as image:  # reads the header only
+        width, height = image.size
+    return torch.zeros(1, height, width, dtype=torch.uint8)
 
 
 def split_normals(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -99,6 +111,7 @@ class AnomalyDataModule(L.LightningDataModule):
         channels: int | None = None,
         cache: bool = False,
         progress: bool = True,
+        eval_resolution: str = "model",
     ) -> None:
         super().__init__()
         if channels not in (None, 1, 3):
@@ -109,6 +122,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.fixed_channels, self.cache, self.progress = channels, cache, progress
+        if eval_resolution not in ("mask", "model"):
+            raise ValueError(f"eval.resolution={eval_resolution!r} is not one of 'mask', 'model'")
+        self.eval_resolution = eval_resolution
         self.channels: int | None = None
         self.train_set = self.val_set = self.test_set = None
 
@@ -168,6 +184,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.train_set, self.val_set, self.test_set = (
             self._dataset(subset, checked.images, checked.masks, row) for subset in (fit, val, listing.test)
         )
+        self.test_set.original_masks = self.has_masks and self.eval_resolution == "mask"
 
     def _dataset(
         self, subset: list[Sample], images: Tensor | None, masks: Tensor | None, row: dict[str, int]
