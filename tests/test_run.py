@@ -135,13 +135,17 @@ def test_cli_single_run_and_multirun(tmp_path):
     assert multi.returncode == 0, multi.stderr
     jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert jobs == ["a_seed0_0", "b_seed0_1"]
+    table = (tmp_path / "sweep/results.md").read_text()  # aggregated by the multirun callback
+    assert "| a | 1 |" in table and "| b | 1 |" in table and "| mean | |" in table.replace("|  |", "| |")
+    assert "Sweep results" in multi.stdout
 
 
 def test_cli_missing_mvtec_root_explains_how_to_get_data(tmp_path):
     result = run_cli("data.root=missing_root", "category=grid", "trainer=cpu", "logger=none", cwd=tmp_path)
     assert result.returncode == 1
-    assert "category folder missing_root/grid does not exist" in result.stderr
-    assert "data=elpv" in result.stderr
+    assert "MVTec AD not found: missing_root/grid does not exist. To get it, set data.download=true" in result.stderr
+    assert "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d" in result.stderr
+    assert "Without it, data=elpv runs the offline demo." in result.stderr
 
 
 @pytest.mark.gpu
