@@ -6,7 +6,6 @@ python -m anomaly_ae.explain checkpoint=... input=folder/ explain=epsilon_gamma_
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,14 +15,14 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
+from anomaly_ae.cli_support import CONF_DIR, resolve_device, write_csv
 from anomaly_ae.data.images import list_images, read_image, read_mask
 from anomaly_ae.explain import render
-from anomaly_ae.explain.loading import image_size, load_scorer, resolve_device
+from anomaly_ae.explain.loading import image_size, load_scorer
 from anomaly_ae.explain.relevance import Method, box_mask, explain
 from anomaly_ae.scoring import as_float
 
 # Absolute: Hydra resolves a relative path against a package when this module is imported, not run.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def input_paths(source: str | Path) -> list[Path]:
@@ -44,14 +43,6 @@ def load_region(region, size: int) -> Tensor | None:
             raise ValueError(f"region={list(region)} must be [top, left, bottom, right] in model pixels")
         return box_mask(tuple(int(v) for v in region), (size, size))
     return read_mask(region, size).bool()
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of equal keys as a CSV file with a header."""
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def explain_images(cfg: DictConfig) -> list[dict]:

@@ -17,15 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
+from anomaly_ae.cli_support import CONF_DIR, resolve_device, write_csv
 from anomaly_ae.explain import render
-from anomaly_ae.explain.cli import write_csv
-from anomaly_ae.explain.loading import image_size, load_scorer, resolve_device, training_value
+from anomaly_ae.explain.loading import image_size, load_scorer, training_value
 from anomaly_ae.explain.localization import METRICS
 from anomaly_ae.explain.relevance import AnomalyScore, Method, explain
 from anomaly_ae.scoring import as_float
 
 # Absolute: Hydra resolves a relative path against a package when this module is imported, not run.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def defective_indices(dataset) -> dict[str, list[int]]:

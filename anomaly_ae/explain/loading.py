@@ -8,14 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_ae.cli_support import resolve_device  # noqa: F401  (re-exported)
 from anomaly_ae.explain.relevance import AnomalyScore
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map "auto" to cuda when available, else cpu; other names go to torch.device as they are."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def read_checkpoint(checkpoint: str | Path) -> dict:

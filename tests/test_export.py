@@ -1,0 +1,147 @@
+"""ONNX and TorchScript export: PyTorch's maps and scores at any batch size, from Detector and predict too."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from anomaly_ae.data.elpv import elpv_labels
+from anomaly_ae.detector import METADATA_KEY, Detector, model_input
+from anomaly_ae.export import ExportedScorer, export, main
+from anomaly_ae.module import AnomalyAE
+from anomaly_ae.predict import predict_images
+from anomaly_ae.scoring import anomaly_map, smooth
+from tests.test_predict import cached_checkpoint, compose_predict, write_images
+
+TOLERANCE = 1e-4  # max abs difference allowed between runtimes, for maps and scores
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread, as a second one only adds contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return cached_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module(tiny_checkpoint) -> AnomalyAE:
+    return AnomalyAE.load_from_checkpoint(tiny_checkpoint, map_location="cpu", weights_only=True).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export(tiny_checkpoint, "onnx", tmp_path_factory.mktemp("export") / "model.onnx")
+
+
+def elpv_cells(count: int = 4) -> list[Path]:
+    """A few real solar cells (300x300 grey), half of them defective."""
+    root, rows = elpv_labels()
+    normal = [root / p for p, probability, _ in rows if probability == 0][: count // 2]
+    defective = [root / p for p, probability, _ in rows if probability == 1][: count - count // 2]
+    return normal + defective
+
+
+def real_batch(module: AnomalyAE) -> torch.Tensor:
+    size = module.hparams.image_size
+    return torch.stack([model_input(p, 1, size, torch.device("cpu"))[0] for p in elpv_cells()])
+
+
+@pytest.mark.parametrize("reduction", ["max", "topk_mean", "mean"])
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
+def test_fixed_smoothing_equals_the_training_time_map(module, reduction, sigma):
+    module.hparams.score = {**module.hparams.score, "sigma": sigma, "reduction": reduction, "topk": 10}
+    try:
+        images = torch.rand(3, 1, 32, 32)
+        with torch.no_grad():
+            expected_maps, expected_scores = module(images)
+            maps, scores = ExportedScorer(module)(images)
+    finally:
+        module.hparams.score = {**module.hparams.score, "sigma": 1.0, "reduction": "max", "topk": 100}
+    assert torch.allclose(maps, expected_maps, atol=1e-6) and torch.allclose(
+        scores, expected_scores, atol=1e-6
+    )
+    residual = anomaly_map(images, module.model(images).detach(), 0)
+    assert torch.allclose(maps, smooth(residual, sigma), atol=1e-6)
+
+
+def test_onnx_runtime_matches_pytorch_on_random_and_real_images_at_any_batch_size(module, onnx_file):
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    batches = [torch.rand(n, 1, 32, 32) for n in (1, 3, 5)] + [real_batch(module)]  # exported with batch 2
+    for images in batches:
+        maps, scores = session.run(["maps", "scores"], {"images": images.numpy()})
+        with torch.no_grad():
+            expected_maps, expected_scores = module(images)
+        assert maps.shape == (len(images), 32, 32) and scores.shape == (len(images),)
+        assert np.abs(maps - expected_maps.numpy()).max() < TOLERANCE
+        assert np.abs(scores - expected_scores.numpy()).max() < TOLERANCE
+
+
+def test_onnx_file_carries_the_input_contract_and_thresholds(module, onnx_file):
+    model = onnx.load(str(onnx_file))
+    onnx.checker.check_model(model)
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert (meta["image_size"], meta["in_channels"]) == (32, 1)
+    assert meta["image_threshold"] == pytest.approx(float(module.image_threshold))
+    assert meta["pixel_threshold"] == pytest.approx(float(module.pixel_threshold))
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # symbolic: any batch size
+
+
+def test_detector_from_onnx_and_torchscript_matches_the_checkpoint(tiny_checkpoint, onnx_file, tmp_path):
+    torchscript = export(tiny_checkpoint, "torchscript", tmp_path / "model.pt")
+    images = [*elpv_cells(), *write_images(tmp_path / "in"), torch.rand(2, 1, 50, 40)]
+    reference = Detector.load(tiny_checkpoint, device="cpu").predict(images)
+    for exported in (onnx_file, torchscript):
+        result = Detector.load(exported, device="cpu").predict(images)
+        assert (result.image_threshold, result.pixel_threshold) == pytest.approx(
+            (reference.image_threshold, reference.pixel_threshold)
+        )
+        assert (result.scores - reference.scores).abs().max() < TOLERANCE
+        assert torch.equal(result.labels, reference.labels)
+        for amap, expected in zip(result.maps, reference.maps, strict=True):
+            assert amap.shape == expected.shape and (amap - expected).abs().max() < TOLERANCE
+
+
+def test_predict_cli_runs_from_the_exported_file_with_the_same_results(tiny_checkpoint, onnx_file, tmp_path):
+    write_images(tmp_path / "in")
+    rows = {}
+    for name, checkpoint in (("ckpt", tiny_checkpoint), ("onnx", onnx_file)):
+        overrides = [f"checkpoint={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / name}"]
+        rows[name] = predict_images(compose_predict([*overrides, "progress=false"]))
+    assert [r["path"] for r in rows["onnx"]] == [r["path"] for r in rows["ckpt"]]
+    for got, expected in zip(rows["onnx"], rows["ckpt"], strict=True):
+        assert abs(got["score"] - expected["score"]) < TOLERANCE and got["label"] == expected["label"]
+        stem = Path(got["path"]).stem
+        maps = [np.load(tmp_path / name / f"{stem}_map.npy") for name in ("ckpt", "onnx")]
+        assert np.abs(maps[0] - maps[1]).max() < TOLERANCE
+
+
+def test_export_cli_writes_torchscript_and_reports_the_difference(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "cli.pt"
+    argv = ["export", f"checkpoint={tiny_checkpoint}", "format=torchscript", f"output={output}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    printed = capsys.readouterr().out
+    assert output.is_file() and "max abs difference to the checkpoint" in printed
+    assert Detector.load(output, device="cpu").image_size == 32
+
+
+def test_export_refuses_an_unknown_format(tiny_checkpoint):
+    with pytest.raises(ValueError, match="format='tflite'"):
+        export(tiny_checkpoint, "tflite")
