@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.classification import BinaryStatScores
 
@@ -150,6 +151,9 @@ class AnomalyAE(L.LightningModule):
         pixel_threshold, self.threshold_source["pixel"] = fit_pixel_threshold(
             self.val_pixel, method, quantile
         )
+        for level, source in self.threshold_source.items():
+            if "fallback" in source and not self.trainer.sanity_checking:
+                rank_zero_warn(f"{level} threshold: {source}", category=UserWarning)
         self.image_threshold.fill_(image_threshold)
         self.pixel_threshold.fill_(pixel_threshold)
         for metric in (self.val_image, self.val_pixel):

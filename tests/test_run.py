@@ -143,7 +143,10 @@ def test_cli_single_run_and_multirun(tmp_path):
 def test_cli_missing_mvtec_root_explains_how_to_get_data(tmp_path):
     result = run_cli("data.root=missing_root", "category=grid", "trainer=cpu", "logger=none", cwd=tmp_path)
     assert result.returncode == 1
-    assert "MVTec AD not found: missing_root/grid does not exist. To get it, set data.download=true" in result.stderr
+    assert (
+        "MVTec AD not found: missing_root/grid does not exist. To get it, set data.download=true"
+        in result.stderr
+    )
     assert "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d" in result.stderr
     assert "Without it, data=elpv runs the offline demo." in result.stderr
 
