@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 NORMS = ("none", "batch", "instance", "group")
+PADDINGS = ("zeros", "replicate", "reflect")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -32,20 +33,26 @@ def _act(kind: str) -> nn.Module:
     return ACTIVATIONS[kind]()
 
 
-def conv_block(c_in: int, c_out: int, norm: str, act: str, **conv: int) -> nn.Sequential:
+def conv_block(
+    c_in: int, c_out: int, norm: str, act: str, padding_mode: str = "zeros", **conv: int
+) -> nn.Sequential:
     """Conv -> norm -> activation; the conv has no bias when a norm follows it."""
     kernel = conv.pop("kernel_size", 3)
     padding = conv.pop("padding", kernel // 2 * conv.get("dilation", 1))
-    layer = nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=norm == "none", **conv)
+    layer = nn.Conv2d(
+        c_in, c_out, kernel, padding=padding, bias=norm == "none", padding_mode=padding_mode, **conv
+    )
     return nn.Sequential(layer, _norm(norm, c_out), _act(act))
 
 
 class DilatedResidual(nn.Module):
     """3x3 dilated conv block with a residual path: wide context at the bottleneck."""
 
-    def __init__(self, channels: int, dilation: int, norm: str, act: str) -> None:
+    def __init__(
+        self, channels: int, dilation: int, norm: str, act: str, padding_mode: str = "zeros"
+    ) -> None:
         super().__init__()
-        self.block = conv_block(channels, channels, norm, act, dilation=dilation)
+        self.block = conv_block(channels, channels, norm, act, padding_mode, dilation=dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.block(x)
@@ -74,6 +81,8 @@ class ConvAutoencoder(nn.Module):
         dilations: one residual dilated conv per entry at the bottleneck.
         skips: gated skip connections at every downsampled resolution (never at full resolution).
         upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
+        padding_mode: of every conv but the transposed ones: "zeros", or "replicate"/"reflect", which
+            keep the image border from looking unlike its inside (zero padding makes borders light up).
     """
 
     def __init__(
@@ -88,36 +97,40 @@ class ConvAutoencoder(nn.Module):
         skips: bool = True,
         skip_init_logit: float = -2.0,
         upsample: str = "transposed",
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         if upsample not in ("transposed", "bilinear"):
             raise ValueError(f"model.upsample={upsample!r} is not one of ('transposed', 'bilinear')")
+        if padding_mode not in PADDINGS:
+            raise ValueError(f"model.padding_mode={padding_mode!r} is not one of {PADDINGS}")
+        pad = padding_mode
         self.in_channels, self.depth = in_channels, depth
         widths = [min(width * 2**i, max_width) for i in range(depth + 1)]
-        self.stem = conv_block(in_channels, widths[0], norm, activation)
+        self.stem = conv_block(in_channels, widths[0], norm, activation, pad)
         self.down = nn.ModuleList(
-            conv_block(widths[i], widths[i + 1], norm, activation, kernel_size=4, stride=2, padding=1)
+            conv_block(widths[i], widths[i + 1], norm, activation, pad, kernel_size=4, stride=2, padding=1)
             for i in range(depth)
         )
         self.bottleneck = nn.Sequential(
-            *(DilatedResidual(widths[-1], d, norm, activation) for d in dilations)
+            *(DilatedResidual(widths[-1], d, norm, activation, pad) for d in dilations)
         )
         self.up = nn.ModuleList(
-            self._up_block(widths[i + 1], widths[i], norm, activation, upsample)
+            self._up_block(widths[i + 1], widths[i], norm, activation, upsample, pad)
             for i in reversed(range(depth))
         )
         # Skip i joins the decoder output at the resolution of encoder stage i (H/2**i, i >= 1).
         self.skips = nn.ModuleList(GatedSkip(widths[i], skip_init_logit) for i in reversed(range(1, depth)))
         self.use_skips = skips
-        self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+        self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1, padding_mode=pad)
 
     @staticmethod
-    def _up_block(c_in: int, c_out: int, norm: str, act: str, mode: str) -> nn.Sequential:
+    def _up_block(c_in: int, c_out: int, norm: str, act: str, mode: str, pad: str) -> nn.Sequential:
         if mode == "transposed":
             conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none")
             return nn.Sequential(conv, _norm(norm, c_out), _act(act))
         return nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="bilinear"), *conv_block(c_in, c_out, norm, act)
+            nn.Upsample(scale_factor=2, mode="bilinear"), *conv_block(c_in, c_out, norm, act, pad)
         )
 
     def forward(self, x: Tensor) -> Tensor:

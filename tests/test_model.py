@@ -56,3 +56,20 @@ def test_unknown_norm_names_the_options():
 def test_integer_skip_logit_from_the_command_line_is_accepted():
     model = ConvAutoencoder(in_channels=1, width=8, depth=2, skip_init_logit=0)
     assert model.skips[0].logit.dtype == torch.float32 and float(model.skips[0].logit.mean()) == 0.0
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "replicate", "reflect"])
+def test_padding_modes_keep_the_shape(padding_mode):
+    model = ConvAutoencoder(
+        1, width=8, depth=3, dilations=(1, 2), upsample="bilinear", padding_mode=padding_mode
+    )
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {c.padding_mode for c in convs} == {padding_mode}
+
+
+def test_unknown_padding_mode_names_the_options():
+    with pytest.raises(
+        ValueError, match=r"model.padding_mode='circular' is not one of \('zeros', 'replicate', 'reflect'\)"
+    ):
+        ConvAutoencoder(padding_mode="circular")
