@@ -177,3 +177,18 @@ def test_default_size_and_preview(tmp_path: Path) -> None:
     assert Image.open(cat / "train" / "good" / "199.png").size == (256, 256)
     preview = Image.open(tmp_path / "p.png")
     assert preview.size[0] == 256 * (1 + 2 * len(DEFECT_TYPES)) and preview.size[1] > 256
+
+
+def test_textures_data_config_builds_and_serves_the_category(tmp_path):
+    from anomaly_ae.run import fit
+    from tests.conftest import compose_config
+
+    overrides = [
+        "data=textures", "category=gravel", f"data.root={tmp_path / 'tex'}", f"output_dir={tmp_path / 'run'}",
+        "trainer=cpu", "logger=none", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=1", "data.image_size=32", "model.width=8", "model.depth=2",
+        "model.dilations=[1]", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    metrics = fit(compose_config(overrides))
+    assert (tmp_path / "tex/gravel/.complete").is_file()
+    assert 0 <= metrics["test/pixel_aupro"] <= 1  # real masks: pixel metrics are computed

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anomaly_ae.data.defects import DEFECTS
+from anomaly_ae.data.mvtec import MVTecDataModule
 
 TEXTURES: dict[str, str] = {"brick": "brick", "grass": "grass", "gravel": "gravel"}
 DEFECT_TYPES: tuple[str, ...] = tuple(DEFECTS)
@@ -240,3 +241,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class TexturesDataModule(MVTecDataModule):
+    """The texture demo served in the MVTec layout; built under `root` on first use (seconds)."""
+
+    def __init__(self, root: str, category: str, build_seed: int = 0, **kwargs) -> None:
+        if category not in TEXTURES:
+            raise ValueError(f"data=textures category={category!r} is not one of {sorted(TEXTURES)}")
+        super().__init__(root=root, category=category, **kwargs)
+        self.build_seed = build_seed
+
+    @property
+    def where(self) -> str:
+        return f"texture demo category '{self.category}' in {self.root}"
+
+    def fetch(self) -> None:
+        build_textures(self.root, [self.category], seed=self.build_seed)
