@@ -51,6 +51,8 @@ class StructuredCorruption(nn.Module):
         p_corrupt: probability that an image gets any region; the others stay clean (identity is learned too).
         max_regions: a corrupted image gets 1..max_regions regions, uniformly.
         min_size, max_size: region side as a fraction of the image side, drawn log-uniformly.
+        max_aspect: aspect ratio of a region's envelope, drawn log-uniformly in [1/max_aspect, max_aspect];
+            large values add thin, scratch- and crack-like regions.
         fill: "foreign" (objective a, blind filtering) or "blank" (objective b, classic inpainting).
         sources: foreign-content sources: another image of the batch, the same image warped, a
             synthetic texture, or images from `texture_dir` ("external").
@@ -67,6 +69,7 @@ class StructuredCorruption(nn.Module):
         max_regions: int = 4,
         min_size: float = 0.02,
         max_size: float = 0.25,
+        max_aspect: float = 2.0,
         shapes: Sequence[str] = SHAPES,
         fill: str = "foreign",
         sources: Sequence[str] = ("batch", "self", "texture"),
@@ -92,7 +95,9 @@ class StructuredCorruption(nn.Module):
         if not 0 < min_size <= max_size <= 1:
             raise ValueError(f"need 0 < corruption.min_size <= max_size <= 1, got {min_size}, {max_size}")
         self.p_corrupt, self.max_regions = p_corrupt, max_regions
-        self.min_size, self.max_size = min_size, max_size
+        if max_aspect < 1:
+            raise ValueError(f"corruption.max_aspect={max_aspect} must be >= 1")
+        self.min_size, self.max_size, self.max_aspect = min_size, max_size, max_aspect
         self.shapes, self.fill, self.sources = tuple(shapes), fill, tuple(sources)
         self.alpha_min, self.jitter = alpha_min, jitter
         self.min_scale_change, self.elastic = min_scale_change, elastic
@@ -133,7 +138,7 @@ class StructuredCorruption(nn.Module):
         active = corrupt & (torch.arange(r, device=like.device) < count)
         side = min(h, w)
         log_size = _uniform((b, r), math.log(self.min_size), math.log(self.max_size), like, gen)
-        log_aspect = _uniform((b, r), -math.log(2), math.log(2), like, gen)
+        log_aspect = _uniform((b, r), -math.log(self.max_aspect), math.log(self.max_aspect), like, gen)
         size = side * log_size.exp()
         return Regions(
             active=active,

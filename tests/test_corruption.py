@@ -120,3 +120,12 @@ def test_anchor_noise_is_off_by_default_and_seeded_when_on():
     noisy = StructuredCorruption(gaussian_noise_std=0.05)
     a, b = noisy.anchor_noise(images, generator(3)), noisy.anchor_noise(images, generator(3))
     assert torch.equal(a, b) and (a - images).std().item() == pytest.approx(0.05, rel=0.3)
+
+
+def test_aspect_ratio_range_follows_max_aspect():
+    regions = StructuredCorruption(max_aspect=8.0).sample_regions(20000, 64, 64, torch.empty(0), generator())
+    aspect = (regions.size_x / regions.size_y).log()
+    assert aspect.abs().max() <= math.log(8.0) + 1e-5
+    assert aspect.abs().max() > math.log(7.0)  # the range is used, not just allowed
+    with pytest.raises(ValueError, match=r"corruption.max_aspect=0.5 must be >= 1"):
+        StructuredCorruption(max_aspect=0.5)
