@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -57,6 +58,15 @@ def make_mvtec_tree(
         Image.fromarray(image).save(base / "test/square" / f"{i:03d}.png")
         Image.fromarray(mask).save(base / "ground_truth/square" / f"{i:03d}_mask.png")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread, as a second one only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ ALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread, as a second one only adds contention on a shared machine (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bias_free_autoencoder(norm: str, upsample: str, seed: int = 0) -> ConvAutoencoder:

@@ -25,13 +25,7 @@ from tests.conftest import CONF_DIR, compose_config, make_mvtec_tree, tiny_overr
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "explain").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread, as a second one only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from tests.test_predict import cached_checkpoint, compose_predict, write_images
 TOLERANCE = 1e-4  # max abs difference allowed between runtimes, for maps and scores
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread, as a second one only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
