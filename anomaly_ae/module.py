@@ -84,6 +84,7 @@ class AnomalyAE(L.LightningModule):
         self.test_records: list[dict] = []
         self.test_pixel_curves: dict | None = None
         self._generator: torch.Generator | None = None
+        self._resumed_generator_state: Tensor | None = None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,))."""
@@ -94,9 +95,12 @@ class AnomalyAE(L.LightningModule):
         return maps, image_score(maps, self.hparams.score["reduction"], self.hparams.score["topk"])
 
     def on_train_start(self) -> None:
-        # Each DDP rank draws its own corruptions, reproducibly.
+        # Each DDP rank draws its own corruptions, reproducibly; a resumed run continues its stream.
         seed = self.hparams.seed * 1000 + self.global_rank
         self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        if self._resumed_generator_state is not None:
+            self._generator.set_state(self._resumed_generator_state)
+            self._resumed_generator_state = None
 
     def on_validation_epoch_start(self) -> None:
         self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_CORRUPTION_SEED)
@@ -197,9 +201,12 @@ class AnomalyAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["threshold_source"] = dict(self.threshold_source)
+        if self._generator is not None:
+            checkpoint["corruption_generator"] = self._generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.threshold_source = dict(checkpoint.get("threshold_source", self.threshold_source))
+        self._resumed_generator_state = checkpoint.get("corruption_generator")
 
     def configure_optimizers(self) -> Any:
         optim = self.hparams.optim

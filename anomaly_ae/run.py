@@ -71,7 +71,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir))
     train_seconds = time.perf_counter() - start
     selected = checkpoint.best_model_path or checkpoint.last_model_path
     start = time.perf_counter()
@@ -103,6 +103,19 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         print_summary(report, output_dir)
     return metrics
+
+
+def resume_path(resume: str | None, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: None, "last" (this run dir's last.ckpt) or a path."""
+    if resume is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume={resume}: no checkpoint at {path}. Resume a run by pointing hydra.run.dir (or "
+            "output_dir) at its directory with resume=last, or pass resume=<path to a .ckpt>."
+        )
+    return str(path)
 
 
 def describe_resolution(datamodule) -> str:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from anomaly_ae.run import fit
 from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
@@ -158,3 +159,18 @@ def test_canonical_command_on_four_gpus(tmp_path):
         f"data.root={root}", "category=grid", "trainer.devices=4", "trainer.max_epochs=1", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_resume_last_continues_the_run_where_it_stopped(mvtec_root, tmp_path):
+    out = tmp_path / "run"
+    base = tiny_overrides(mvtec_root, out) + ["+trainer.limit_val_batches=1"]
+    fit(compose_config(base + ["trainer.max_epochs=1"]))
+    first = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert first["global_step"] == 4 and "corruption_generator" in first
+    fit(compose_config(base + ["trainer.max_epochs=2", "resume=last"]))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["steps"] == 8 and report["epochs"] == 2  # continued, not restarted
+    with pytest.raises(
+        FileNotFoundError, match=r"resume=last: no checkpoint at .*other/checkpoints/last.ckpt"
+    ):
+        fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "other") + ["resume=last"]))
