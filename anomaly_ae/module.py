@@ -124,10 +124,22 @@ class AnomalyAE(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         reconstructions = self.model(batch["input"])
         loss = self._loss(reconstructions, batch)
+        if not torch.isfinite(loss):
+            self._stop_on_non_finite(loss)
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(reconstructions)
         )
         return loss
+
+    def _stop_on_non_finite(self, loss: Tensor) -> None:
+        """Stop with the step and the last checkpoint to resume from, instead of training on NaNs."""
+        callback = self.trainer.checkpoint_callback
+        last = (callback.last_model_path or callback.best_model_path) if callback else ""
+        where = f"the last checkpoint is {last}" if last else "no checkpoint has been written yet"
+        raise FloatingPointError(
+            f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+            f"{where}. Lower optim.lr or set trainer.gradient_clip_val, then continue with resume=<checkpoint>."
+        )
 
     def _loss(self, reconstructions: Tensor, batch: dict) -> Tensor:
         clean_weight = self.hparams.loss["clean_weight"]

@@ -174,3 +174,17 @@ def test_resume_last_continues_the_run_where_it_stopped(mvtec_root, tmp_path):
         FileNotFoundError, match=r"resume=last: no checkpoint at .*other/checkpoints/last.ckpt"
     ):
         fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "other") + ["resume=last"]))
+
+
+def test_non_finite_loss_stops_with_the_step_and_what_to_resume_from(mvtec_root, tmp_path):
+    overrides = tiny_overrides(mvtec_root, tmp_path / "run") + [
+        "trainer.max_epochs=2", "optim.lr=1e30", "optim.scheduler=none",  # explodes within a few steps
+    ]  # fmt: skip
+    with pytest.raises(FloatingPointError) as error:
+        fit(compose_config(overrides))
+    message = str(error.value)
+    assert message.startswith("training loss is ") and " at step " in message
+    assert "no checkpoint has been written yet" in message or "the last checkpoint is " in message
+    assert message.endswith(
+        "Lower optim.lr or set trainer.gradient_clip_val, then continue with resume=<checkpoint>."
+    )
