@@ -138,7 +138,8 @@ class AnomalyAE(L.LightningModule):
         where = f"the last checkpoint is {last}" if last else "no checkpoint has been written yet"
         raise FloatingPointError(
             f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-            f"{where}. Lower optim.lr or set trainer.gradient_clip_val, then continue with resume=<checkpoint>."
+            f"{where}. Lower optim.lr or set trainer.gradient_clip_val, "
+            "then continue with resume=<checkpoint>."
         )
 
     def _loss(self, reconstructions: Tensor, batch: dict) -> Tensor:
