@@ -8,7 +8,6 @@ Also called by Hydra at the end of every multirun (the `report` callback in conf
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -19,6 +18,7 @@ from hydra.experimental.callback import Callback
 from rich.console import Console
 from rich.table import Table
 
+from anomaly_ae.cli_support import write_csv
 from anomaly_ae.data.mvtec import OBJECTS, TEXTURES
 from anomaly_ae.visualize import bar_chart
 
@@ -94,10 +94,7 @@ def write_report(sweep_dir: Path, console: Console | None = None) -> Path | None
         *("| " + " | ".join(row) + " |" for row in cells),
     ]
     (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
-    with (sweep_dir / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(sweep_dir / "results.csv", rows)
     per_category = [r for r in rows if r["seeds"] != ""]
     bar_chart(
         sweep_dir / "results.png",

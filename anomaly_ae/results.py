@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
+from anomaly_ae.cli_support import write_csv
+from anomaly_ae.scoring import as_float
 from anomaly_ae.visualize import save_curves, save_examples
 
 SCORE_COLUMNS = ("path", "label", "defect_type", "score", "predicted")
@@ -16,24 +17,22 @@ SCORE_COLUMNS = ("path", "label", "defect_type", "score", "predicted")
 
 def write_scores(path: Path, records: list[dict]) -> None:
     """One row per test image: path, label, defect type, score, predicted label at the fitted threshold."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SCORE_COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: record[key] for key in SCORE_COLUMNS} for record in records)
+    write_csv(path, [{key: record[key] for key in SCORE_COLUMNS} for record in records])
 
 
-def image_curves(records: list[dict]) -> dict[str, np.ndarray] | None:
-    """Exact image-level ROC and PR curves from the per-image records (None if one class is missing)."""
+def image_curves(records: list[dict], metrics: dict[str, float]) -> dict[str, np.ndarray] | None:
+    """Exact image-level ROC and PR curves from the per-image records (None if one class is missing).
+
+    The legend values are the run's own test metrics, not a second computation of them.
+    """
     scores = torch.tensor([r["score"] for r in records], dtype=torch.float64)
     labels = torch.tensor([r["label"] for r in records])
     if labels.min() == labels.max():
         return None
     fpr, tpr, _ = binary_roc(scores, labels, thresholds=None)
     precision, recall, _ = binary_precision_recall_curve(scores, labels, thresholds=None)
-    auroc = float(torch.trapezoid(tpr, fpr))
-    ap = float(-torch.sum(torch.diff(recall) * precision[:-1]))
     return {"fpr": fpr.numpy(), "tpr": tpr.numpy(), "precision": precision.numpy(), "recall": recall.numpy(),
-            "auroc": auroc, "ap": ap}  # fmt: skip
+            "auroc": metrics["test/image_auroc"], "ap": metrics["test/image_ap"]}  # fmt: skip
 
 
 def pick_examples(records: list[dict], per_group: int = 2) -> list[tuple[int, str]]:
@@ -58,7 +57,7 @@ def write_examples(path: Path, module, dataset, records: list[dict]) -> None:
     if not picks:
         return
     items = [dataset[index_of[records[i]["path"]]] for i, _ in picks]
-    images = torch.stack([item["image"] for item in items]).to(module.device).float() / 255
+    images = as_float(torch.stack([item["image"] for item in items]).to(module.device))
     module.eval()
     reconstructions = module.model(images)
     maps, scores = module.score(images, reconstructions)
@@ -74,13 +73,13 @@ def write_examples(path: Path, module, dataset, records: list[dict]) -> None:
     save_examples(path, rows, vmax)
 
 
-def write_run_outputs(output_dir: Path, module, datamodule) -> dict[str, str]:
+def write_run_outputs(output_dir: Path, module, datamodule, metrics: dict[str, float]) -> dict[str, str]:
     """Write scores.csv, roc_pr.png and examples.png; return {what: path}."""
     records = module.test_records
     written = {"scores": output_dir / "scores.csv"}
     write_scores(written["scores"], records)
     curves = {}
-    image = image_curves(records)
+    image = image_curves(records, metrics)
     if image is not None:
         curves["image"] = image
     if getattr(module, "test_pixel_curves", None):

@@ -99,7 +99,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         "steps": trainer.global_step,
     }
     if trainer.is_global_zero:
-        report["files"] = write_run_outputs(output_dir, module, datamodule)
+        report["files"] = write_run_outputs(output_dir, module, datamodule, metrics)
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         print_summary(report, output_dir)
     return metrics
