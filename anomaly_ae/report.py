@@ -20,6 +20,7 @@ from rich.table import Table
 
 from anomaly_ae.cli_support import write_csv
 from anomaly_ae.data.mvtec import OBJECTS, TEXTURES
+from anomaly_ae.loggers import log_sweep_report
 from anomaly_ae.visualize import bar_chart
 
 COLUMNS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO"}
@@ -120,7 +121,12 @@ class ReportCallback(Callback):
     """Hydra callback: aggregate a multirun when its last job has finished."""
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        write_report(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if write_report(sweep_dir) is not None and "wandb" in (config.get("logger") or {}):
+            wandb_cfg = config.logger.wandb  # only sweep-wide keys: the others interpolate per-run values
+            log_sweep_report(
+                {key: wandb_cfg.get(key) for key in ("project", "entity", "group", "mode")}, sweep_dir
+            )
 
 
 def main() -> None:
