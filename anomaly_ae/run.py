@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -19,9 +18,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_ae.callbacks import run_callbacks
 from anomaly_ae.module import AnomalyAE
 from anomaly_ae.results import write_run_outputs
 from anomaly_ae.summary import print_summary
+from anomaly_ae.terminal import quiet_library_messages
 
 # Library messages that say nothing actionable to a user of this tool; real problems still show.
 QUIET = (
@@ -50,8 +51,7 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
 
 def fit(cfg: DictConfig) -> dict[str, float]:
     """Train, test the selected checkpoint and return the test metrics (also in metrics.json)."""
-    for message in QUIET:
-        warnings.filterwarnings("ignore", message=message)
+    quiet_library_messages(QUIET)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -68,7 +68,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         save_last=True,
     )
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, *run_callbacks(cfg)])
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir))

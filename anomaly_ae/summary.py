@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from anomaly_ae.loggers import wandb_run_dir
+
 
 def format_metric(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
@@ -42,4 +44,21 @@ def print_summary(report: dict, output_dir: Path, console: Console | None = None
     files.add_row("checkpoint (last)", str(output_dir / "checkpoints" / "last.ckpt"))
     if (output_dir / "csv").is_dir():
         files.add_row("training log", str(output_dir / "csv" / "metrics.csv"))
+    for what, where in dashboard_rows(output_dir):
+        files.add_row(what, where)
     console.print(files)
+
+
+def dashboard_rows(output_dir: Path) -> list[tuple[str, str]]:
+    """(what, where) of the validation panels, TensorBoard events and W&B run written by the loggers."""
+    rows = []
+    if (output_dir / "csv" / "images").is_dir():
+        rows.append(("validation panels", str(output_dir / "csv" / "images")))
+    if (output_dir / "tensorboard").is_dir():
+        rows.append(("TensorBoard", f"tensorboard --logdir {output_dir / 'tensorboard'}"))
+    if (run := wandb_run_dir(output_dir)) is not None:
+        offline = run.name.startswith("offline-run")
+        rows.append(
+            ("W&B run" + (" (offline)" if offline else ""), f"wandb sync {run}" if offline else str(run))
+        )
+    return rows

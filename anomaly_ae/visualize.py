@@ -23,6 +23,13 @@ def heat_overlay(image: Tensor, amap: Tensor, vmax: float, alpha: float = 0.5) -
 
 def save_curves(path: Path, curves: dict[str, dict[str, np.ndarray]]) -> None:
     """ROC and PR panels per level ("image", "pixel"): fpr, tpr, recall, precision, auroc, ap per level."""
+    fig = curves_figure(curves)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> plt.Figure:
+    """The figure of save_curves, for loggers that take figures (TensorBoard)."""
     levels = [level for level in ("image", "pixel") if level in curves]
     fig, axes = plt.subplots(len(levels), 2, figsize=(8, 3.8 * len(levels)), squeeze=False)
     for row, level in enumerate(levels):
@@ -37,8 +44,7 @@ def save_curves(path: Path, curves: dict[str, dict[str, np.ndarray]]) -> None:
             ax.legend(loc="lower right" if ax is roc else "lower left")
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def save_examples(path: Path, rows: list[dict], vmax: float) -> None:
