@@ -30,6 +30,18 @@ def epoch_line(
     return "  ".join([*parts, f"lr {lr:.2e}", f"{seconds:.1f} s"])
 
 
+class ProgressBar(RichProgressBar):
+    """Rich's bar with only the running loss and val/pixel_auroc, so that it fits one line."""
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        for key in ("v_num", "train/loss_epoch"):  # the logger's run id; last epoch's loss, printed already
+            metrics.pop(key, None)
+        if "train/loss_step" in metrics:
+            metrics = {"loss": metrics.pop("train/loss_step"), **metrics}
+        return metrics
+
+
 class LogLearningRate(Callback):
     """train/lr every step, under the project's stage/name keys (LearningRateMonitor would say lr-Adam)."""
 
@@ -149,5 +161,5 @@ def run_callbacks(cfg: DictConfig) -> list[Callback]:
     if logging.epoch_summary:
         callbacks.append(EpochSummary())
     if cfg.trainer.enable_progress_bar:  # Lightning refuses a progress-bar callback when the bar is off
-        callbacks.append(RichProgressBar())
+        callbacks.append(ProgressBar())
     return callbacks

@@ -204,6 +204,6 @@ def test_epoch_line():
 
 def test_rich_progress_bar_only_when_the_bar_is_on(tmp_path):
     names = [type(c).__name__ for c in run_callbacks(compose_config([f"output_dir={tmp_path}"]))]
-    assert names[-2:] == ["EpochSummary", "RichProgressBar"]
+    assert names[-2:] == ["EpochSummary", "ProgressBar"]
     quiet = compose_config([f"output_dir={tmp_path}", "trainer.enable_progress_bar=false"])
-    assert "RichProgressBar" not in [type(c).__name__ for c in run_callbacks(quiet)]
+    assert "ProgressBar" not in [type(c).__name__ for c in run_callbacks(quiet)]
