@@ -2,12 +2,14 @@
 
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import wandb
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -30,6 +32,9 @@ def wandb_offline(tmp_path, monkeypatch):
     for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb_home" / name.lower()))
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    wandb.teardown()  # wandb reads the environment once per process: start from this one
+    yield
+    wandb.teardown()
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
@@ -179,6 +184,27 @@ def test_without_login_wandb_runs_offline_and_says_how_to_sync(tmp_path, monkeyp
     assert "mode" not in wandb_logger(project="p", name="n")._wandb_init
 
 
+def test_a_login_keeps_wandb_online(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_API_KEY": "k" * 40}  # never sent: no run
+    code = "from anomaly_ae.loggers import wandb_mode; print(wandb_mode(None))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.splitlines()[-1] == "None", result.stderr  # None: wandb.init's default, online
+
+
+def test_a_failed_run_is_marked_failed_and_the_next_one_starts_fresh(mvtec_root, tmp_path, wandb_offline):
+    overrides = tiny_overrides(mvtec_root, tmp_path / "run") + [
+        "logger=wandb", "trainer.max_epochs=2", "optim.lr=1e30", "optim.scheduler=none",  # explodes
+    ]  # fmt: skip
+    with pytest.raises(FloatingPointError):
+        fit(compose_config(overrides))
+    records = wandb_records((tmp_path / "run" / "wandb" / "latest-run").resolve())
+    assert next(r["exit"]["exit_code"] for r in records if r["type"] == "exit") == 1
+    assert wandb.run is None  # a later WandbLogger starts its own run instead of reusing this one
+
+
 def test_sweep_report_is_one_wandb_run_in_the_sweep_group(tmp_path, wandb_offline):
     sweep = tmp_path / "2026-11-23_10-00-00"
     write_run(sweep / "a", "carpet", 0, 0.90, 0.95, 0.80)
@@ -207,3 +233,29 @@ def test_rich_progress_bar_only_when_the_bar_is_on(tmp_path):
     assert names[-2:] == ["EpochSummary", "ProgressBar"]
     quiet = compose_config([f"output_dir={tmp_path}", "trainer.enable_progress_bar=false"])
     assert "ProgressBar" not in [type(c).__name__ for c in run_callbacks(quiet)]
+
+
+def test_library_adverts_and_quiet_warnings_are_dropped_real_ones_stay(caplog):
+    import warnings
+
+    from anomaly_ae.run import QUIET
+    from anomaly_ae.terminal import quiet_library_messages
+
+    quiet_library_messages(QUIET)
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level("INFO", logger=log.name):
+        log.info("💡 Tip: For seamless cloud logging ... try installing [litlogger]")
+        log.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every warning shows, unless quieted
+        quiet_library_messages(QUIET)
+        warnings.warn(
+            "`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=1
+        )
+        warnings.warn(
+            "image threshold: quantile 0.99 (fallback: no pseudo-defects)", UserWarning, stacklevel=1
+        )
+    assert [str(w.message) for w in caught] == [
+        "image threshold: quantile 0.99 (fallback: no pseudo-defects)"
+    ]
