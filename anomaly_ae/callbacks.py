@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
+from torch.utils.data import DataLoader
 
 from anomaly_ae.dashboards import draw_image, log_test_results, validation_panel
 from anomaly_ae.results import image_curves
@@ -115,10 +116,11 @@ class TestDashboards(Callback):
             curves["image"] = image
         if getattr(pl_module, "test_pixel_curves", None):
             curves["pixel"] = pl_module.test_pixel_curves
+        loader = trainer.test_dataloaders
+        # Every test image, not this rank's share: the records may hold every rank's images.
+        every_image = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
         for logger in trainer.loggers:
-            log_test_results(
-                logger, pl_module, trainer.test_dataloaders, curves, trainer.global_step, self.table
-            )
+            log_test_results(logger, pl_module, every_image, curves, trainer.global_step, self.table)
 
 
 class WandbRunLife(Callback):

@@ -43,7 +43,7 @@ def wandb_logger(mode: str | None = None, group: str | None = None, **kwargs: An
     if chosen is not None:
         kwargs["mode"] = chosen
     logger = WandbLogger(group=group or sweep_group(), **kwargs)
-    logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which wandb 0.31 warns about
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)  # Lightning passes None; wandb 0.31 warns
     return logger
 
 
