@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename makes it visible
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it visible
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, path)
+
+
+def checkpoint_callbacks(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """best.ckpt (selected on `monitor`) and last.ckpt (after every training epoch, to resume from).
+
+    Not ModelCheckpoint(save_last=True): that rewrites last.ckpt only when `monitor` improves, so a killed
+    run would resume from its last improvement, not from its last epoch.
+    """
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode)
+    latest = ModelCheckpoint(
+        dirpath=folder,
+        filename="last",
+        monitor=None,  # keep the newest one
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,  # also in epochs without validation (check_val_every_n_epoch > 1)
+        enable_version_counter=False,  # overwrite last.ckpt rather than write last-v1.ckpt
+    )
+    return best, latest
 
 
 def loadable(path: Path) -> bool:

@@ -147,8 +147,8 @@ class AnomalyAE(L.LightningModule):
 
     def _stop_on_non_finite(self, loss: Tensor) -> None:
         """Stop with the step and the last checkpoint to resume from, instead of training on NaNs."""
-        callback = self.trainer.checkpoint_callback
-        last = (callback.last_model_path or callback.best_model_path) if callback else ""
+        paths = [c.best_model_path for c in self.trainer.checkpoint_callbacks]  # [best, last]
+        last = next((path for path in reversed(paths) if path), "")
         where = f"the last checkpoint is {last}" if last else "no checkpoint has been written yet"
         raise FloatingPointError(
             f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "

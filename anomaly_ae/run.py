@@ -16,10 +16,9 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_ae.checkpointing import AtomicCheckpointIO, resume_path
+from anomaly_ae.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, resume_path
 from anomaly_ae.module import AnomalyAE
 from anomaly_ae.results import write_run_outputs
 from anomaly_ae.summary import print_summary
@@ -66,16 +65,12 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the data before any training starts, and gives the channel count
     module = build_module(cfg, datamodule)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best",
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_last=True,
+    best, latest = checkpoint_callbacks(
+        output_dir / "checkpoints", cfg.checkpoint.monitor, cfg.checkpoint.mode
     )
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=[checkpoint], plugins=[AtomicCheckpointIO()]
+        cfg.trainer, logger=loggers or False, callbacks=[best, latest], plugins=[AtomicCheckpointIO()]
     )
 
     start = time.perf_counter()
@@ -83,7 +78,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir), weights_only=True
     )
     train_seconds = time.perf_counter() - start
-    selected = checkpoint.best_model_path or checkpoint.last_model_path
+    selected = best.best_model_path or latest.best_model_path
     start = time.perf_counter()
     results = trainer.test(
         module, datamodule=datamodule, ckpt_path=selected, verbose=False, weights_only=True
