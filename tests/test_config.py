@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from anomaly_ae.data.mvtec import CATEGORIES, TEXTURES
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -41,3 +43,16 @@ def test_trainer_variants_extend_the_default():
 def test_typos_are_rejected():
     with pytest.raises(Exception, match="lrr"):
         compose_config(["optim.lrr=1"])
+
+
+def test_mvtec_paper_sweeps_every_category_and_three_seeds_with_flips_for_textures():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=mvtec_paper"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert tuple(params.category.split(",")) == CATEGORIES and params.seed == "0,1,2"
+    for category in CATEGORIES:
+        run = compose_config(["experiment=mvtec_paper", f"category={category}"])
+        flips = category in TEXTURES
+        assert dict(run.data.augment) == {"hflip": flips, "vflip": flips, "rot90": False}, category
+        assert (run.data.image_size, run.data.batch_size, run.score.sigma) == (256, 16, 4.0)
+        assert (run.optim.lr, run.optim.scheduler, run.eval.max_fpr) == (2.0e-4, "cosine", 0.3)
