@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
+from anomaly_ae.data.mvtec import MVTecDataModule
 from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
 
 
@@ -56,3 +58,37 @@ def test_several_devices_select_ddp_without_a_strategy_flag():
     assert isinstance(four.strategy, DDPStrategy) and four.world_size == 4
     one = instantiate(compose_config(base).trainer)
     assert isinstance(one.strategy, SingleDeviceStrategy) and one.world_size == 1
+
+
+class FakeTrainer:
+    def __init__(self, world_size: int, global_rank: int) -> None:
+        self.world_size, self.global_rank = world_size, global_rank
+
+
+def test_each_process_gets_a_disjoint_unpadded_share_and_training_order_depends_on_seed_and_epoch(
+    tmp_path, monkeypatch
+):
+    root = make_mvtec_tree(tmp_path / "data", n_good=5, n_defect=6)
+    dm = MVTecDataModule(root=str(root), category="toy", image_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    shares = []
+    for rank in (0, 1):
+        dm.trainer = FakeTrainer(2, rank)
+        shares.append(list(dm.test_dataloader().sampler))
+    assert shares == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]  # 11 images, each once: no padding
+
+    def train_order(seed: int, epoch: int) -> list[int]:
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        dm.trainer = FakeTrainer(1, 0)
+        sampler = dm.train_dataloader().sampler
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert train_order(0, 3) == train_order(0, 3) and sorted(train_order(0, 3)) == list(
+        range(len(dm.train_set))
+    )
+    assert train_order(0, 3) != train_order(0, 4) and train_order(0, 3) != train_order(1, 3)
+
+    dm.trainer = FakeTrainer(12, 0)
+    with pytest.raises(ValueError, match=r"^11 evaluation images for 12 processes: every process needs"):
+        dm.test_dataloader()

@@ -224,6 +224,11 @@ class AnomalyDataModule(L.LightningDataModule):
             return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         if world == 1:
             return None
+        if len(dataset) < world:  # DDP syncs buffers on each process's first batch: every one needs one
+            raise ValueError(
+                f"{len(dataset)} evaluation images for {world} processes: every process needs at least one; "
+                "use fewer trainer.devices, or a larger data.val_fraction when validation is this small"
+            )
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
