@@ -51,3 +51,12 @@ def test_lr_scales_with_world_size_only_when_asked(mvtec_root, tmp_path, scale, 
     module.trainer = FakeTrainer()
     optimizer = module.configure_optimizers()["optimizer"]
     assert optimizer.defaults["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.gpu
+def test_one_gpu_with_bf16_and_compile(mvtec_root, tmp_path):
+    extra = ("trainer=gpu", "trainer.precision=bf16-mixed", "model.compile=true")
+    metrics = fit(
+        compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=1", *extra])
+    )
+    assert 0 <= metrics["test/image_auroc"] <= 1 and 0 <= metrics["test/pixel_auroc"] <= 1
