@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -32,6 +33,18 @@ def sweep_group() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name
 
 
+class SelectedCheckpointWandbLogger(WandbLogger):
+    """WandbLogger whose model artifact is the selected checkpoint (best.ckpt) only.
+
+    The every-epoch last.ckpt callback monitors nothing, so Lightning would tag it `best` too and move the
+    alias off the selected model; it exists for resuming and stays local.
+    """
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        if checkpoint_callback.monitor is not None:
+            super().after_save_checkpoint(checkpoint_callback)
+
+
 def wandb_logger(mode: str | None = None, group: str | None = None, **kwargs: Any) -> WandbLogger:
     """WandbLogger with `group` defaulting to the sweep and an offline fallback when not logged in."""
     chosen = wandb_mode(mode)
@@ -42,7 +55,7 @@ def wandb_logger(mode: str | None = None, group: str | None = None, **kwargs: An
         )
     if chosen is not None:
         kwargs["mode"] = chosen
-    logger = WandbLogger(group=group or sweep_group(), **kwargs)
+    logger = SelectedCheckpointWandbLogger(group=group or sweep_group(), **kwargs)
     getattr(logger, "_wandb_init", {}).pop("anonymous", None)  # Lightning passes None; wandb 0.31 warns
     return logger
 

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.classification import BinaryStatScores
+from torchmetrics.utilities import dim_zero_cat
 
 from anomaly_ae.corruption import StructuredCorruption
 from anomaly_ae.metrics import ImageMetrics, PixelMetrics
@@ -22,15 +23,21 @@ VAL_CORRUPTION_SEED = 12345  # fixed: validation sees the same pseudo-defects ev
 DEFAULT_EVAL = {"resolution": "mask", "threshold": "f1", "quantile": 0.99, "max_fpr": 0.3}
 
 
-def augment(images: Tensor, hflip: bool, vflip: bool, rot90: bool) -> Tensor:
+def augment(
+    images: Tensor, hflip: bool, vflip: bool, rot90: bool, generator: torch.Generator | None = None
+) -> Tensor:
     """Random flips / right-angle rotations per image, batched on the images' device."""
-    n = len(images)
+    n, device, gen = len(images), images.device, generator
     if hflip:
-        images = torch.where(torch.rand(n, 1, 1, 1, device=images.device) < 0.5, images.flip(-1), images)
+        images = torch.where(
+            torch.rand(n, 1, 1, 1, device=device, generator=gen) < 0.5, images.flip(-1), images
+        )
     if vflip:
-        images = torch.where(torch.rand(n, 1, 1, 1, device=images.device) < 0.5, images.flip(-2), images)
+        images = torch.where(
+            torch.rand(n, 1, 1, 1, device=device, generator=gen) < 0.5, images.flip(-2), images
+        )
     if rot90 and images.shape[-1] == images.shape[-2]:
-        turns = torch.randint(4, (n,), device=images.device)
+        turns = torch.randint(4, (n,), device=device, generator=gen)
         images = images.clone()
         for k in (1, 2, 3):
             images[turns == k] = images[turns == k].rot90(k, dims=(-2, -1))
@@ -48,6 +55,7 @@ class AnomalyAE(L.LightningModule):
         loss: clean_weight (None: plain MSE over the image).
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
+        compile: run the autoencoder through torch.compile (same weights and state_dict keys).
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class AnomalyAE(L.LightningModule):
         image_size: int | None = None,
         has_masks: bool = True,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         eval = {**DEFAULT_EVAL, **(eval or {})}
@@ -79,12 +88,16 @@ class AnomalyAE(L.LightningModule):
         self.register_buffer("image_threshold", torch.tensor(math.nan))
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.threshold_source = {"image": "not fitted", "pixel": "not fitted"}
-        self._val_scores: list[Tensor] = []
-        self._val_flags: list[Tensor] = []
         self.test_records: list[dict] = []
         self.test_pixel_curves: dict | None = None
         self._generator: torch.Generator | None = None
         self._resumed_generator_state: Tensor | None = None
+
+    def configure_model(self) -> None:
+        # nn.Module.compile compiles in place, so checkpoints keep the plain state_dict keys.
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,))."""
@@ -112,7 +125,8 @@ class AnomalyAE(L.LightningModule):
         validating = trainer is not None and (trainer.validating or trainer.sanity_checking)
         target, corrupted, mask = images, images, torch.zeros_like(images[:, :1])
         if training:
-            images = target = corrupted = augment(images, **self.hparams.augment)
+            # The checkpointed generator, not the global RNG: a resumed run draws as an uninterrupted one.
+            images = target = corrupted = augment(images, **self.hparams.augment, generator=self._generator)
             if self.corruption is not None:
                 target = self.corruption.anchor_noise(images, self._generator)
                 corrupted, mask = self.corruption(target, self._generator)
@@ -133,8 +147,8 @@ class AnomalyAE(L.LightningModule):
 
     def _stop_on_non_finite(self, loss: Tensor) -> None:
         """Stop with the step and the last checkpoint to resume from, instead of training on NaNs."""
-        callback = self.trainer.checkpoint_callback
-        last = (callback.last_model_path or callback.best_model_path) if callback else ""
+        paths = [c.best_model_path for c in self.trainer.checkpoint_callbacks]  # [best, last]
+        last = next((path for path in reversed(paths) if path), "")
         where = f"the last checkpoint is {last}" if last else "no checkpoint has been written yet"
         raise FloatingPointError(
             f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
@@ -153,16 +167,14 @@ class AnomalyAE(L.LightningModule):
         corrupted = batch["corruption_mask"].flatten(1).any(dim=1)
         self.val_image.update(scores, corrupted)
         self.val_pixel.update(maps, batch["corruption_mask"][:, 0])
-        self._val_scores.append(scores.detach())
-        self._val_flags.append(corrupted)
 
     def on_validation_epoch_end(self) -> None:
         image, pixel = self.val_image.compute(), self.val_pixel.compute()
         values = {f"val/{k}": v for k, v in (image | pixel).items() if k != "image_f1_threshold"}
         self.log("val/pixel_auroc", values.pop("val/pixel_auroc"), prog_bar=True)  # selects the checkpoint
         self.log_dict(values)
-        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
-        flags = self.all_gather(torch.cat(self._val_flags)).flatten()
+        with self.val_image.sync_context():  # every rank's scores; ranks may hold different counts
+            scores, flags = dim_zero_cat(self.val_image.scores), dim_zero_cat(self.val_image.labels).bool()
         method, quantile = self.hparams.eval["threshold"], self.hparams.eval["quantile"]
         image_threshold, self.threshold_source["image"] = fit_image_threshold(scores, flags, method, quantile)
         pixel_threshold, self.threshold_source["pixel"] = fit_pixel_threshold(
@@ -175,8 +187,6 @@ class AnomalyAE(L.LightningModule):
         self.pixel_threshold.fill_(pixel_threshold)
         for metric in (self.val_image, self.val_pixel):
             metric.reset()
-        self._val_scores.clear()
-        self._val_flags.clear()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         maps, scores = self(batch["image"])
@@ -209,6 +219,10 @@ class AnomalyAE(L.LightningModule):
             pixel_f1, pixel_iou = f1_and_iou(self.pixel_stats.compute()[[0, 1, 3]])
             values |= {"pixel_f1": pixel_f1, "pixel_iou": pixel_iou, "pixel_threshold": self.pixel_threshold}
         self.log_dict({f"test/{k}": float(v) for k, v in values.items() if k != "image_f1_threshold"})
+        if self.trainer.world_size > 1:  # every rank's records (strings too), so rank 0 writes scores.csv
+            gathered: list[list[dict]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, self.test_records)
+            self.test_records = [record for records in gathered for record in records]
         for metric in (self.test_image, self.test_pixel, self.image_stats, self.pixel_stats):
             metric.reset()
 
@@ -223,8 +237,10 @@ class AnomalyAE(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optim = self.hparams.optim
+        # Linear scaling rule (Goyal et al. 2017): N processes see N times the batch per step.
+        lr = optim["lr"] * (self.trainer.world_size if optim.get("scale_lr_with_world_size") else 1)
         optimizer = torch.optim.Adam(
-            self.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"]
+            self.parameters(), lr=lr, betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"]
         )
         if optim["scheduler"] == "none":
             return optimizer

@@ -75,7 +75,8 @@ def write_examples(path: Path, module, dataset, records: list[dict]) -> None:
 
 def write_run_outputs(output_dir: Path, module, datamodule, metrics: dict[str, float]) -> dict[str, str]:
     """Write scores.csv, roc_pr.png and examples.png; return {what: path}."""
-    records = module.test_records
+    order = {sample.path: i for i, sample in enumerate(datamodule.test_set.samples)}
+    records = sorted(module.test_records, key=lambda record: order[record["path"]])  # DDP ranks interleave
     written = {"scores": output_dir / "scores.csv"}
     write_scores(written["scores"], records)
     curves = {}

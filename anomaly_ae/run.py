@@ -15,10 +15,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ae.callbacks import run_callbacks
+from anomaly_ae.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, resume_path
 from anomaly_ae.module import AnomalyAE
 from anomaly_ae.results import write_run_outputs
 from anomaly_ae.summary import print_summary
@@ -34,8 +34,12 @@ QUIET = (
 def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
     """The LightningModule for `cfg`, sized to the data (channels) and told whether masks exist."""
     corruption = OmegaConf.to_container(cfg.corruption, resolve=True) or None
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    compile_model = model.pop(
+        "compile", False
+    )  # how to run the model, not what it is: kept out of its kwargs
     return AnomalyAE(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model=model,
         corruption=corruption,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         score=OmegaConf.to_container(cfg.score, resolve=True),
@@ -46,6 +50,7 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
         image_size=datamodule.image_size,
         has_masks=datamodule.has_masks,
         seed=cfg.seed,
+        compile=compile_model,
     )
 
 
@@ -60,22 +65,27 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the data before any training starts, and gives the channel count
     module = build_module(cfg, datamodule)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best",
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_last=True,
+    best, latest = checkpoint_callbacks(
+        output_dir / "checkpoints", cfg.checkpoint.monitor, cfg.checkpoint.mode
     )
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint, *run_callbacks(cfg)])
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[best, latest, *run_callbacks(cfg)],
+        plugins=[AtomicCheckpointIO()],
+    )
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir))
+    trainer.fit(
+        module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir), weights_only=True
+    )
     train_seconds = time.perf_counter() - start
-    selected = checkpoint.best_model_path or checkpoint.last_model_path
+    selected = best.best_model_path or latest.best_model_path
     start = time.perf_counter()
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=selected, verbose=False)[0]
+    results = trainer.test(
+        module, datamodule=datamodule, ckpt_path=selected, verbose=False, weights_only=True
+    )[0]
     test_seconds = time.perf_counter() - start
 
     metrics = {key: float(value) for key, value in results.items()}
@@ -103,19 +113,6 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         print_summary(report, output_dir)
     return metrics
-
-
-def resume_path(resume: str | None, output_dir: Path) -> str | None:
-    """The checkpoint to continue from: None, "last" (this run dir's last.ckpt) or a path."""
-    if resume is None:
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"resume={resume}: no checkpoint at {path}. Resume a run by pointing hydra.run.dir (or "
-            "output_dir) at its directory with resume=last, or pass resume=<path to a .ckpt>."
-        )
-    return str(path)
 
 
 def describe_resolution(datamodule) -> str:

@@ -158,8 +158,9 @@ def test_csv_tensorboard_and_wandb_at_once(mvtec_root, tmp_path, wandb_offline, 
     assert {"test/image_roc_table", "test/image_pr_table", "test/pixel_roc_table"} <= {
         key.split(".")[0] for key in logged
     }
-    models = [a for a in artifacts if a["type"] == "model"]  # log_model: selected and last checkpoint
-    assert sorted(tuple(sorted(m["aliases"])) for m in models) == [("best", "latest"), ("latest",)]
+    models = [a for a in artifacts if a["type"] == "model"]  # log_model: the selected checkpoint only
+    assert [sorted(m["aliases"]) for m in models] == [["best", "latest"]]
+    assert [c["path"] for c in models[0]["manifest"]["contents"]] == ["model.ckpt"]
     assert next(r["exit"]["exit_code"] for r in records if r["type"] == "exit") in (0, None)
 
     # The end table points at every dashboard.

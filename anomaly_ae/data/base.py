@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from anomaly_ae.data.check import Checked, check_listing
 from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, pil_to_uint8, read_image, read_mask
@@ -199,13 +201,35 @@ class AnomalyDataModule(L.LightningDataModule):
     def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            batch_size=self.batch_size if train else self.eval_batch_size,  # per process under DDP
+            sampler=self._sampler(dataset, train),
             drop_last=train,  # a last batch of one image would break batch norm
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _sampler(self, dataset: ImageDataset, train: bool) -> DistributedSampler | None:
+        """Each process's share of the images; Lightning keeps these, as they are DistributedSamplers.
+
+        Training: a shuffle that depends only on (seed, epoch), also in one process, so a resumed run
+        sees the batches an uninterrupted one would. Evaluation: every image exactly once across the
+        processes; Lightning's own DistributedSampler pads with repeats, which would skew the metrics.
+        """
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if train:
+            # PL_GLOBAL_SEED: the seed_everything seed, which Lightning's own DistributedSampler uses too.
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        if world == 1:
+            return None
+        if len(dataset) < world:  # DDP syncs buffers on each process's first batch: every one needs one
+            raise ValueError(
+                f"{len(dataset)} evaluation images for {world} processes: every process needs at least one; "
+                "use fewer trainer.devices, or a larger data.val_fraction when validation is this small"
+            )
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
