@@ -5,7 +5,7 @@ Pure PyTorch: no Lightning, no Hydra, no loss. Scoring lives in `anomaly_ae.scor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,14 @@ from torch import Tensor, nn
 NORMS = ("none", "batch", "instance", "group")
 PADDINGS = ("zeros", "replicate", "reflect")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU}
+
+# Keys of conf/model that say how to run the model, not what it is: never passed to its constructor.
+RUN_OPTIONS = ("compile",)
+
+
+def architecture(config: Mapping) -> dict:
+    """A model config (with `_target_`) without its run options, ready to instantiate."""
+    return {key: value for key, value in config.items() if key not in RUN_OPTIONS}
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

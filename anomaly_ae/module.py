@@ -16,6 +16,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from anomaly_ae.corruption import StructuredCorruption
 from anomaly_ae.metrics import ImageMetrics, PixelMetrics
+from anomaly_ae.model import architecture
 from anomaly_ae.scoring import anomaly_map, as_float, image_score, reconstruction_loss
 from anomaly_ae.thresholds import f1_and_iou, fit_image_threshold, fit_pixel_threshold, pixel_curves
 
@@ -77,7 +78,7 @@ class AnomalyAE(L.LightningModule):
         eval = {**DEFAULT_EVAL, **(eval or {})}
         self.save_hyperparameters()
         self.hparams.eval = eval
-        self.model = instantiate(model, in_channels=in_channels)
+        self.model = instantiate(architecture(model), in_channels=in_channels)
         self.corruption = instantiate(corruption) if corruption else None
         # Validation always uses the default corruption, so that checkpoints and thresholds of every
         # training objective (plain AE included) are selected on the same pseudo-defects.

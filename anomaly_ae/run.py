@@ -35,9 +35,7 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
     """The LightningModule for `cfg`, sized to the data (channels) and told whether masks exist."""
     corruption = OmegaConf.to_container(cfg.corruption, resolve=True) or None
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    compile_model = model.pop(
-        "compile", False
-    )  # how to run the model, not what it is: kept out of its kwargs
+    compile_model = model.pop("compile", False)  # how to run the model, not what it is: not an hparam of it
     return AnomalyAE(
         model=model,
         corruption=corruption,

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from anomaly_ae.explain import AnomalyScore, Method, explain
 from anomaly_ae.explain.rules import COMPOSITES
+from anomaly_ae.model import architecture
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -45,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = instantiate(OmegaConf.load(CONF / "model" / "conv_ae.yaml"), in_channels=3)
+    model = instantiate(architecture(OmegaConf.load(CONF / "model" / "conv_ae.yaml")), in_channels=3)
     scorer = AnomalyScore(model.to(device), sigma=4.0)  # eval mode, as when explaining
     images = torch.rand(1, 3, args.size, args.size, device=device)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,18 @@ def test_unknown_padding_mode_names_the_options():
         ValueError, match=r"model.padding_mode='circular' is not one of \('zeros', 'replicate', 'reflect'\)"
     ):
         ConvAutoencoder(padding_mode="circular")
+
+
+def test_every_model_config_builds_without_its_run_options():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from anomaly_ae.cli_support import CONF_DIR
+    from anomaly_ae.model import RUN_OPTIONS, architecture
+
+    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        assert set(RUN_OPTIONS) <= set(config), path  # the run options are config values
+        model = instantiate(architecture(config), in_channels=1)
+        images = torch.rand(2, 1, 64, 64)
+        assert model.eval()(images).shape == images.shape

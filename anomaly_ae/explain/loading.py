@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ae.cli_support import resolve_device  # noqa: F401  (re-exported)
 from anomaly_ae.explain.relevance import AnomalyScore
+from anomaly_ae.model import architecture
 
 
 def read_checkpoint(checkpoint: str | Path) -> dict:
@@ -52,7 +53,7 @@ def load_scorer(checkpoint: str | Path, device: torch.device, reduction: str | N
     # explainable when the module gains constructor arguments, and the CLI does not import Lightning.
     content = read_checkpoint(checkpoint)
     hparams = content["hyper_parameters"]
-    autoencoder = instantiate(hparams["model"], in_channels=hparams["in_channels"])
+    autoencoder = instantiate(architecture(hparams["model"]), in_channels=hparams["in_channels"])
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in content["state_dict"].items() if k.startswith(prefix)}
     autoencoder.load_state_dict(weights)
