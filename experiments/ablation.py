@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", default="experiments/ablation.csv", help="the table; runs go to *_runs.csv")
     parser.add_argument("--output-dir", default="outputs/ablation", help="run directories (checkpoints)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:  # seed-major: a cut-short run still covers every variant once
         for data, category in pairs:
             for variant in variants:
-                if (variant, data, category, str(seed)) in done:
+                if args.table_only or (variant, data, category, str(seed)) in done:
                     continue
                 row = run_one(variant, data, category, seed, args)
                 print(f"done {variant} {data}:{category} seed {seed}: {row}", file=sys.stderr, flush=True)
@@ -176,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                 write_rows(runs_path, all_runs, RUN_COLUMNS)
     table = summarise(runs, variants, pairs)
     write_rows(table_path, table, list(table[0]))
-    print(f"{args.steps} steps of batch 16 at {args.image_size} px per run; seeds {args.seeds}")
+    print(
+        f"{args.steps} steps of batch 16 at {args.image_size} px per run; seeds {args.seeds} (as far as run)"
+    )
     print(markdown(table))
 
 

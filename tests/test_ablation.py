@@ -31,7 +31,7 @@ def test_ablation_table_has_a_row_per_variant_with_metrics_in_unit_range(tmp_pat
             "--override", "data.val_fraction=0.25"]  # fmt: skip
     ablation.main(argv)
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "2 steps of batch 16 at 32 px per run; seeds 0"
+    assert out[0] == "2 steps of batch 16 at 32 px per run; seeds 0 (as far as run)"
     assert out[1] == "| variant | data | seeds | image AUROC | pixel AUROC | AUPRO |"
     rows = [line.split(" | ") for line in out[3:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [
