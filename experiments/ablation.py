@@ -131,6 +131,17 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def append_row(path: Path, row: dict) -> None:
+    """Append one run, so that parallel invocations sharing the file never overwrite each other's runs."""
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=RUN_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def write_rows(path: Path, rows: list[dict], columns: list[str] | tuple[str, ...]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as file:
@@ -162,8 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     table_path = Path(args.csv)
     runs_path = table_path.with_name(f"{table_path.stem}_runs.csv")
     budget = {"steps": str(args.steps), "image_size": str(args.image_size)}
-    all_runs = read_runs(runs_path)  # every budget ever run; the table uses this budget's seeds
-    runs = [r for r in all_runs if all(r[k] == v for k, v in budget.items()) and int(r["seed"]) in seeds]
+    # Every budget ever run is kept in the file; the table uses this budget's seeds.
+    runs = [
+        r
+        for r in read_runs(runs_path)
+        if all(r[k] == v for k, v in budget.items()) and int(r["seed"]) in seeds
+    ]
     done = {(r["variant"], r["data"], r["category"], r["seed"]) for r in runs}
     for seed in seeds:  # seed-major: a cut-short run still covers every variant once
         for data, category in pairs:
@@ -173,9 +188,10 @@ def main(argv: list[str] | None = None) -> None:
                 row = run_one(variant, data, category, seed, args)
                 print(f"done {variant} {data}:{category} seed {seed}: {row}", file=sys.stderr, flush=True)
                 runs.append({k: str(v) for k, v in row.items()})
-                all_runs.append(runs[-1])
-                write_rows(runs_path, all_runs, RUN_COLUMNS)
+                append_row(runs_path, runs[-1])
     table = summarise(runs, variants, pairs)
+    if not table:
+        sys.exit(f"no finished runs at this budget in {runs_path}")
     write_rows(table_path, table, list(table[0]))
     print(
         f"{args.steps} steps of batch 16 at {args.image_size} px per run; seeds {args.seeds} (as far as run)"

@@ -59,8 +59,10 @@ def test_ablation_table_has_a_row_per_variant_with_metrics_in_unit_range(tmp_pat
     assert capsys.readouterr().out.splitlines()[3:] == out[3:]
 
 
-def test_bad_choices_name_the_options():
+def test_bad_choices_name_the_options(tmp_path):
     ablation = load_ablation()
+    with pytest.raises(SystemExit, match=f"no finished runs at this budget in {tmp_path}/none_runs.csv"):
+        ablation.main(["--table-only", "--csv", str(tmp_path / "none.csv")])
     assert ablation.parse_datasets("textures,elpv:mono") == [
         ("textures", "brick"), ("textures", "grass"), ("textures", "gravel"), ("elpv", "mono")
     ]  # fmt: skip
