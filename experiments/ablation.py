@@ -108,6 +108,8 @@ def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]
             picked = [
                 r for r in runs if (r["variant"], r["data"], r["category"]) == (variant, data, category)
             ]
+            if not picked:  # not run (yet) at this budget
+                continue
             row = {"variant": variant, "data": f"{data}:{category}", "seeds": len(picked)}
             for name in METRICS:
                 values = [float(r[name]) for r in picked if r[name] not in ("", "nan")]
