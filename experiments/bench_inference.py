@@ -19,6 +19,8 @@ before and after the config.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import json
 import resource
@@ -77,6 +79,12 @@ def reset_peak_rss() -> float:
         return peak_rss_mib()
 
 
+def release_free_heap() -> None:
+    """Return freed heap (the matmul's buffers) to the OS, or inference would reuse it unseen by the RSS."""
+    with contextlib.suppress(OSError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_rss_mib() -> float:
     try:
         return proc_status_mib("VmHWM")
@@ -100,6 +108,7 @@ def measure(size: int, batch: int, args: argparse.Namespace) -> dict:
         module.model = torch.compile(module.model)
     reference = matmul_flops_per_s(args.matmul_side, args)  # side by side with this config, before and after
     gc.collect()
+    release_free_heap()
     sync(args.device)
     baseline = torch.cuda.memory_allocated() if args.device == "cuda" else reset_peak_rss()
     if args.device == "cuda":
