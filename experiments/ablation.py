@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import math
 import statistics
 import sys
 import time
@@ -101,22 +102,51 @@ def read_runs(path: Path) -> list[dict]:
 
 
 def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
-    """One row per (variant, data, category): mean ± std of each metric over the seeds."""
+    """Per variant: one row per category (mean ± std over its seeds), then, for data with several
+    categories, a `data:mean` row: the category mean per seed, mean ± std over the seeds run on all of them.
+    """
     table = []
     for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant]
         for data, category in pairs:
-            picked = [
-                r for r in runs if (r["variant"], r["data"], r["category"]) == (variant, data, category)
-            ]
-            if not picked:  # not run (yet) at this budget
-                continue
-            row = {"variant": variant, "data": f"{data}:{category}", "seeds": len(picked)}
-            for name in METRICS:
-                values = [float(r[name]) for r in picked if r[name] not in ("", "nan")]
-                row[name] = statistics.mean(values) if values else float("nan")
-                row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-            table.append(row)
+            picked = [r for r in mine if (r["data"], r["category"]) == (data, category)]
+            if picked:  # else: not run (yet) at this budget
+                table.append(
+                    _row(variant, f"{data}:{category}", [[_metric(r, m) for r in picked] for m in METRICS])
+                )
+        for data in dict.fromkeys(d for d, _ in pairs):
+            categories = [c for d, c in pairs if d == data]
+            by_seed = {
+                seed: [r for r in mine if r["data"] == data and r["seed"] == seed]
+                for seed in {r["seed"] for r in mine}
+            }
+            complete = [rows for rows in by_seed.values() if {r["category"] for r in rows} >= set(categories)]
+            if len(categories) > 1 and complete:
+                per_seed = [
+                    [
+                        statistics.mean(_metric(r, m) for r in rows if r["category"] in categories)
+                        for rows in complete
+                    ]
+                    for m in METRICS
+                ]
+                table.append(_row(variant, f"{data}:mean", per_seed))
     return table
+
+
+def _metric(run: dict, name: str) -> float:
+    return float(run[name]) if run[name] != "" else float("nan")  # no masks (elpv): nan
+
+
+def _row(variant: str, data: str, values: list[list[float]]) -> dict:
+    """values[i]: metric i over the seeds."""
+    row = {"variant": variant, "data": data, "seeds": len(values[0])}
+    for name, seeds in zip(METRICS, values, strict=True):
+        if any(math.isnan(v) for v in seeds):  # metric not available (no masks)
+            row[name] = row[f"{name}_std"] = float("nan")
+            continue
+        row[name] = statistics.mean(seeds)
+        row[f"{name}_std"] = statistics.stdev(seeds) if len(seeds) > 1 else 0.0
+    return row
 
 
 def markdown(table: list[dict]) -> str:

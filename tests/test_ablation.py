@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -72,3 +73,33 @@ def test_bad_choices_name_the_options(tmp_path):
         ablation.parse_datasets("mvtec")
     with pytest.raises(SystemExit):
         ablation.main(["--variants", "paper_c"])
+
+
+def test_summary_rows_and_category_mean_over_complete_seeds():
+    ablation = load_ablation()
+
+    def run(category: str, seed: int, auroc: float) -> dict:
+        return {"variant": "paper_a", "data": "textures", "category": category, "seed": str(seed),
+                "image_auroc": str(auroc), "pixel_auroc": str(auroc / 2), "pixel_aupro": ""}  # fmt: skip
+
+    runs = [run("brick", 0, 0.6), run("grass", 0, 0.8), run("brick", 1, 0.8), run("grass", 1, 1.0)]
+    runs.append(run("brick", 2, 0.1))  # seed 2 lacks grass: in the brick row, not in the mean
+    pairs = [("textures", "brick"), ("textures", "grass"), ("textures", "gravel")]
+    table = ablation.summarise(runs, ["paper_a"], pairs[:2])
+    assert [(r["data"], r["seeds"]) for r in table] == [
+        ("textures:brick", 3),
+        ("textures:grass", 2),
+        ("textures:mean", 2),
+    ]
+    brick, _, mean = table
+    assert brick["image_auroc"] == pytest.approx(0.5) and brick["image_auroc_std"] == pytest.approx(0.3605551)
+    # Per seed: (0.6 + 0.8) / 2 = 0.7 and (0.8 + 1.0) / 2 = 0.9 -> 0.8 ± 0.1414.
+    assert mean["image_auroc"] == pytest.approx(0.8) and mean["image_auroc_std"] == pytest.approx(0.1414214)
+    assert mean["pixel_auroc"] == pytest.approx(0.4)
+    assert math.isnan(mean["pixel_aupro"])
+    assert "| paper_a | textures:mean | 2 | 0.800 ± 0.141 | 0.400 ± 0.071 | n/a |" in ablation.markdown(table)
+    # gravel never ran: no row, and no mean over an incomplete set of categories.
+    assert [r["data"] for r in ablation.summarise(runs, ["paper_a"], pairs)] == [
+        "textures:brick",
+        "textures:grass",
+    ]
