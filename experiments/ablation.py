@@ -95,10 +95,13 @@ def run_one(variant: str, data: str, category: str, seed: int, args: argparse.Na
 
 
 def read_runs(path: Path) -> list[dict]:
+    """The finished runs; a run repeated by parallel invocations counts once (the last one)."""
     if not path.exists():
         return []
     with path.open() as file:
-        return list(csv.DictReader(file))
+        rows = list(csv.DictReader(file))
+    key = ("variant", "data", "category", "seed", "steps", "image_size")
+    return list({tuple(r[k] for k in key): r for r in rows}.values())
 
 
 def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
