@@ -39,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "batch_fill_only": ["corruption=paper", "corruption.sources=[batch]"],
 }
 DATASETS = {"textures": ("brick", "grass", "gravel"), "elpv": ("mono", "poly")}
-RUN_COLUMNS = ("variant", "data", "category", "seed", "steps", "image_size", *METRICS, "train_seconds")
+RUN_COLUMNS = ("variant", "data", "category", "seed", "steps", "image_size", *METRICS, "fit_seconds")
 
 
 def budget_overrides(steps: int, image_size: int) -> list[str]:
@@ -88,7 +88,7 @@ def run_one(variant: str, data: str, category: str, seed: int, args: argparse.Na
     with contextlib.redirect_stdout(sys.stderr):  # run summaries to stderr: stdout holds only the table
         metrics = fit(cfg)
     row = {"variant": variant, "data": data, "category": category, "seed": seed, "steps": args.steps,
-           "image_size": args.image_size, "train_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+           "image_size": args.image_size, "fit_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     for name in METRICS:
         row[name] = metrics.get(f"test/{name}", float("nan"))  # no masks (elpv): no pixel metrics
     return row

@@ -109,7 +109,7 @@ def test_a_run_repeated_by_parallel_invocations_counts_once(tmp_path):
     ablation = load_ablation()
     path = tmp_path / "ablation_runs.csv"
     base = {"variant": "paper_a", "data": "elpv", "category": "mono", "steps": 2, "image_size": 32,
-            "pixel_auroc": "nan", "pixel_aupro": "nan", "train_seconds": 1.0}  # fmt: skip
+            "pixel_auroc": "nan", "pixel_aupro": "nan", "fit_seconds": 1.0}  # fmt: skip
     for seed, auroc in ((0, 0.6), (1, 0.7), (0, 0.9)):
         ablation.append_row(path, {**base, "seed": seed, "image_auroc": auroc})
     runs = ablation.read_runs(path)
