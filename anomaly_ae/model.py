@@ -91,6 +91,8 @@ class ConvAutoencoder(nn.Module):
         upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
         padding_mode: of every conv but the transposed ones: "zeros", or "replicate"/"reflect", which
             keep the image border from looking unlike its inside (zero padding makes borders light up).
+        bottleneck_channels: if set, the code is squeezed to this many channels by a 1x1 conv (capacity
+            control of a plain autoencoder; use it with skips=False, which would otherwise bypass it).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class ConvAutoencoder(nn.Module):
         skip_init_logit: float = -2.0,
         upsample: str = "transposed",
         padding_mode: str = "zeros",
+        bottleneck_channels: int | None = None,
     ) -> None:
         super().__init__()
         if upsample not in ("transposed", "bilinear"):
@@ -123,6 +126,13 @@ class ConvAutoencoder(nn.Module):
         self.bottleneck = nn.Sequential(
             *(DilatedResidual(widths[-1], d, norm, activation, pad) for d in dilations)
         )
+        # Identity by default, so checkpoints without a squeezed code keep their parameter names.
+        self.squeeze = nn.Identity()
+        if bottleneck_channels is not None:
+            self.squeeze = nn.Sequential(
+                nn.Conv2d(widths[-1], bottleneck_channels, 1),  # the code: (N, bottleneck_channels, h, w)
+                *conv_block(bottleneck_channels, widths[-1], norm, activation, kernel_size=1),
+            )
         self.up = nn.ModuleList(
             self._up_block(widths[i + 1], widths[i], norm, activation, upsample, pad)
             for i in reversed(range(depth))
@@ -151,7 +161,7 @@ class ConvAutoencoder(nn.Module):
         for down in self.down:
             h = down(h)
             encoded.append(h)  # encoded[i]: (N, widths[i+1], H / 2**(i+1), W / 2**(i+1))
-        h = self.bottleneck(h)
+        h = self.squeeze(self.bottleneck(h))
         for level, up in enumerate(self.up):
             h = up(h)
             if self.use_skips and level < len(self.skips):

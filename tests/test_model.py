@@ -90,3 +90,16 @@ def test_every_model_config_builds_without_its_run_options():
         model = instantiate(architecture(config), in_channels=1)
         images = torch.rand(2, 1, 64, 64)
         assert model.eval()(images).shape == images.shape
+
+
+def test_bottleneck_channels_squeeze_the_code():
+    model = ConvAutoencoder(1, width=8, depth=2, dilations=(1,), skips=False, bottleneck_channels=3)
+    encoded = model.down[1](model.down[0](model.stem(torch.zeros(2, 1, 16, 16))))
+    code = model.squeeze[0](model.bottleneck(encoded))
+    assert code.shape == (2, 3, 4, 4)  # 3 channels at H/4: 48 numbers for a 256-pixel image
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 1, 16, 16)
+    plain = ConvAutoencoder(1, width=8, depth=2, dilations=(1,))
+    assert isinstance(plain.squeeze, torch.nn.Identity)
+    # Without it the parameter names are unchanged, so earlier checkpoints still load.
+    assert not any(name.startswith("squeeze") for name in plain.state_dict())
+    assert any(name.startswith("squeeze.0") for name in model.state_dict())

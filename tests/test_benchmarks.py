@@ -1,0 +1,93 @@
+"""The --quick modes of experiments/bench_train.py and bench_inference.py print complete tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(script: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), "--quick"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def table_rows(lines: list[str], header: str) -> list[list[str]]:
+    """The cells of the Markdown table whose header line starts with `header`."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_bench_train_quick_prints_throughput_and_ratios():
+    lines = run_quick("bench_train.py")
+    assert lines[0].startswith("model 0.01 M parameters (quick: tiny), batch 4 at 32x32x3, cpu")
+    corruption = table_rows(lines, "| corruption |")
+    assert [row[0] for row in corruption] == ["none", "on device (as the module)", "in 1 loader workers"]
+    assert corruption[0][3] == "1.000"  # "none" against itself
+    loop = table_rows(lines, "| training loop |")
+    assert [row[0] for row in loop] == ["bare PyTorch loop", "Lightning Trainer.fit"]
+    assert loop[0][3] == "1.000"
+    for row in corruption + loop:
+        images_per_s, ms, ratio = (float(v) for v in row[1:])
+        assert images_per_s > 0 and ms > 0 and ratio > 0
+        assert abs(images_per_s * ms / 1000 - 4) < 0.05  # batch 4: images/s x s/step
+    assert any(
+        line.startswith("on-device corruption (timed alone") and "% of a corrupted" in line for line in lines
+    )
+    assert any(line.startswith("Lightning overhead: ") and line.endswith("(target < 5 %)") for line in lines)
+
+
+def conv_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """2 x multiply-adds of every conv layer, from the layer shapes (a reference for FlopCounterMode)."""
+    total = 0
+
+    def count(layer, inputs, output) -> None:
+        nonlocal total
+        kh, kw = layer.kernel_size
+        if isinstance(layer, torch.nn.ConvTranspose2d):  # every input value meets every output channel
+            total += 2 * inputs[0].numel() * layer.out_channels * kh * kw // layer.groups
+        else:
+            total += 2 * output.numel() * layer.in_channels * kh * kw // layer.groups
+
+    for layer in model.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            layer.register_forward_hook(count)
+    with torch.no_grad():
+        model(images)
+    return total
+
+
+def test_bench_inference_quick_prints_a_row_per_config():
+    model = instantiate(OmegaConf.load(ROOT / "conf/model/conv_ae.yaml"), in_channels=3)  # the default model
+    conv_gflop = conv_flops(model, torch.rand(1, 3, 32, 32)) / 1e9
+    lines = run_quick("bench_inference.py")
+    assert lines[0] == (
+        "default model, 3 channels, cpu, fp32, torch threads 1; x matmul: against a 256x256 matmul timed in "
+        "the same process just before and after each config"
+    )
+    rows = table_rows(lines, "| size | batch |")
+    assert [(row[0], row[1]) for row in rows] == [("32", "1"), ("32", "2")]
+    for row in rows:
+        images_per_s, ms, peak, gflop, gflops, matmul, fraction = (float(v) for v in row[2:])
+        assert images_per_s > 0 and ms > 0 and peak >= 0 and matmul > 0
+        assert abs(fraction - gflops / matmul) < 0.002 + 0.02 * fraction
+        assert abs(images_per_s * ms / 1000 - int(row[1])) < 0.01 * int(row[1])
+        assert abs(gflop - conv_gflop) < 0.01 * conv_gflop  # the map's small blur conv adds < 1 %
+        assert abs(gflops - gflop * images_per_s) < 0.1 + 0.01 * gflops
