@@ -11,6 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from anomaly_ae.model import architecture
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def conv_flops(model: torch.nn.Module, images: torch.Tensor) -> int:
 
 
 def test_bench_inference_quick_prints_a_row_per_config():
-    model = instantiate(OmegaConf.load(ROOT / "conf/model/conv_ae.yaml"), in_channels=3)  # the default model
+    model = instantiate(architecture(OmegaConf.load(ROOT / "conf/model/conv_ae.yaml")), in_channels=3)
     conv_gflop = conv_flops(model, torch.rand(1, 3, 32, 32)) / 1e9
     lines = run_quick("bench_inference.py")
     assert lines[0] == (
