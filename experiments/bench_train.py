@@ -222,6 +222,15 @@ def median_rounds(cases: dict, args: argparse.Namespace) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def print_table(title: str, seconds_per_step: dict[str, float], reference: str, batch: int) -> None:
+    """A Markdown table of images/s, ms/step and speed relative to the `reference` case."""
+    short = reference.split()[0]
+    print(f"\n| {title} | images/s | ms/step | x {short} |\n|---|---|---|---|")
+    for name, seconds in seconds_per_step.items():
+        ratio = seconds_per_step[reference] / seconds
+        print(f"| {name} | {batch / seconds:.2f} | {1000 * seconds:.1f} | {ratio:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -248,10 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     corrupt = corruption_cases(args, data)
     none = corrupt["none"]
-    print("\n| corruption | images/s | ms/step | x none |\n|---|---|---|---|")
-    for name, seconds in corrupt.items():
-        if name != "corruption alone, on device":
-            print(f"| {name} | {args.batch / seconds:.2f} | {1000 * seconds:.1f} | {none / seconds:.3f} |")
+    steps = {name: seconds for name, seconds in corrupt.items() if name != "corruption alone, on device"}
+    print_table("corruption", steps, "none", args.batch)
     alone, device_step = corrupt["corruption alone, on device"], corrupt["on device (as the module)"]
     print(
         f"\non-device corruption (timed alone, with loading and flips): {1000 * alone:.1f} ms per batch = "
@@ -260,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     loop = lightning_cases(args, data)
     bare = loop["bare PyTorch loop"]
-    print("\n| training loop | images/s | ms/step | x bare |\n|---|---|---|---|")
-    for name, seconds in loop.items():
-        print(f"| {name} | {args.batch / seconds:.2f} | {1000 * seconds:.1f} | {bare / seconds:.3f} |")
+    print_table("training loop", loop, "bare PyTorch loop", args.batch)
     overhead = 100 * (loop["Lightning Trainer.fit"] / bare - 1)
     print(f"\nLightning overhead: {overhead:+.1f} % per step (target < 5 %)")
 
