@@ -13,6 +13,7 @@ from torch import Tensor, nn
 NORMS = ("none", "batch", "instance", "group")
 PADDINGS = ("zeros", "replicate", "reflect")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU}
+OUTPUTS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid}
 
 # Keys of conf/model that say how to run the model, not what it is: never passed to its constructor.
 RUN_OPTIONS = ("compile",)
@@ -93,6 +94,8 @@ class ConvAutoencoder(nn.Module):
             keep the image border from looking unlike its inside (zero padding makes borders light up).
         bottleneck_channels: if set, the code is squeezed to this many channels by a 1x1 conv (capacity
             control of a plain autoencoder; use it with skips=False, which would otherwise bypass it).
+        down_kernel: kernel size of the stride-2 downsampling convs (4, or 3 as in many plain autoencoders).
+        output: "linear" head, or "sigmoid", which keeps reconstructions inside the [0, 1] image range.
     """
 
     def __init__(
@@ -109,18 +112,26 @@ class ConvAutoencoder(nn.Module):
         upsample: str = "transposed",
         padding_mode: str = "zeros",
         bottleneck_channels: int | None = None,
+        down_kernel: int = 4,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         if upsample not in ("transposed", "bilinear"):
             raise ValueError(f"model.upsample={upsample!r} is not one of ('transposed', 'bilinear')")
         if padding_mode not in PADDINGS:
             raise ValueError(f"model.padding_mode={padding_mode!r} is not one of {PADDINGS}")
+        if down_kernel not in (3, 4):
+            raise ValueError(f"model.down_kernel={down_kernel!r} is not one of (3, 4)")
+        if output not in OUTPUTS:
+            raise ValueError(f"model.output={output!r} is not one of {tuple(OUTPUTS)}")
         pad = padding_mode
         self.in_channels, self.depth = in_channels, depth
         widths = [min(width * 2**i, max_width) for i in range(depth + 1)]
         self.stem = conv_block(in_channels, widths[0], norm, activation, pad)
         self.down = nn.ModuleList(
-            conv_block(widths[i], widths[i + 1], norm, activation, pad, kernel_size=4, stride=2, padding=1)
+            conv_block(
+                widths[i], widths[i + 1], norm, activation, pad, kernel_size=down_kernel, stride=2, padding=1
+            )
             for i in range(depth)
         )
         self.bottleneck = nn.Sequential(
@@ -141,6 +152,7 @@ class ConvAutoencoder(nn.Module):
         self.skips = nn.ModuleList(GatedSkip(widths[i], skip_init_logit) for i in reversed(range(1, depth)))
         self.use_skips = skips
         self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1, padding_mode=pad)
+        self.output = OUTPUTS[output]()  # no parameters: checkpoints of either kind share their keys
 
     @staticmethod
     def _up_block(c_in: int, c_out: int, norm: str, act: str, mode: str, pad: str) -> nn.Sequential:
@@ -166,4 +178,4 @@ class ConvAutoencoder(nn.Module):
             h = up(h)
             if self.use_skips and level < len(self.skips):
                 h = self.skips[level](h, encoded[-level - 2])
-        return self.head(h)
+        return self.output(self.head(h))

@@ -88,6 +88,19 @@ def test_reconstruction_branch_conserves_relevance(norm, upsample, composite):
     assert error.max() < CONSERVATION_TOLERANCE
 
 
+def test_sigmoid_output_passes_relevance_and_conserves_it():
+    model = bias_free_autoencoder("batch", "bilinear")
+    model.output = torch.nn.Sigmoid()  # as built by output="sigmoid": a parameter-free last layer
+    # float64: the head's pre-activations near 0 carry relevance ~0.5 each, so R / z needs the precision.
+    model, images = model.double(), torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    _, relevance = propagate(model, images, build_composite("epsilon", epsilon=1e-9), lambda recon: recon)
+    with torch.no_grad():
+        outputs = model(images)
+    assert outputs.min() > 0 and outputs.max() < 1
+    error = (relevance.sum((1, 2, 3)) - outputs.sum((1, 2, 3))).abs() / outputs.sum((1, 2, 3))
+    assert error.max() < CONSERVATION_TOLERANCE
+
+
 def test_biases_absorb_relevance_so_the_bias_free_check_is_not_vacuous():
     model = bias_free_autoencoder("none", "transposed")
     with torch.no_grad():

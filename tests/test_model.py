@@ -103,3 +103,34 @@ def test_bottleneck_channels_squeeze_the_code():
     # Without it the parameter names are unchanged, so earlier checkpoints still load.
     assert not any(name.startswith("squeeze") for name in plain.state_dict())
     assert any(name.startswith("squeeze.0") for name in model.state_dict())
+
+
+def test_sigmoid_output_keeps_reconstructions_in_the_image_range():
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 32, 32)
+    linear = ConvAutoencoder(1, width=8, depth=2, dilations=(1,)).eval()
+    with torch.no_grad():  # an output bias that pushes a linear head out of [0, 1]
+        linear.head.bias.fill_(3.0)
+    sigmoid = ConvAutoencoder(1, width=8, depth=2, dilations=(1,), output="sigmoid").eval()
+    sigmoid.load_state_dict(linear.state_dict())  # same parameter names: checkpoints load either way
+    assert linear(images).abs().max() > 1
+    out = sigmoid(images)
+    assert out.min() > 0 and out.max() < 1
+    torch.testing.assert_close(out, torch.sigmoid(linear(images)))
+
+
+def test_down_kernel_3_halves_the_resolution_like_4():
+    model = ConvAutoencoder(1, width=8, depth=3, dilations=(1,), down_kernel=3)
+    assert {down[0].kernel_size for down in model.down} == {(3, 3)}
+    h = model.stem(torch.zeros(1, 1, 64, 64))
+    for down in model.down:
+        h = down(h)
+    assert h.shape[-2:] == (8, 8)
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_unknown_output_and_down_kernel_name_the_options():
+    with pytest.raises(ValueError, match=r"model.output='tanh' is not one of \('linear', 'sigmoid'\)"):
+        ConvAutoencoder(output="tanh")
+    with pytest.raises(ValueError, match=r"model.down_kernel=5 is not one of \(3, 4\)"):
+        ConvAutoencoder(down_kernel=5)

@@ -5,6 +5,9 @@ zennit's SequentialMergeBatchNorm), ReLU and LeakyReLU (relevance passes unchang
 homogeneous), Identity, nearest/bilinear Upsample (z-rule: fixed positive weights), and the two non-sequential
 blocks of `anomaly_ae.model`: the residual add of DilatedResidual and the gated skip (1 - g) * dec + g * enc,
 both rewritten by `AutoencoderCanonizer` into a zennit `Sum` that splits relevance in proportion to each term.
+The Sigmoid output of model.output=sigmoid passes relevance unchanged, as zennit's composites do for every
+activation (monotone and elementwise: each output's relevance stays with its own pre-activation); where that
+pre-activation is near 0 the head's rule divides by it, so float32 conserves relevance only to ~1e-3 there.
 Anything else (GroupNorm, InstanceNorm2d, GELU, SiLU, unknown containers) raises UnsupportedLayerError.
 """
 
@@ -27,7 +30,16 @@ from zennit.types import Activation, BatchNorm, Convolution
 from anomaly_ae.model import ConvAutoencoder, DilatedResidual, GatedSkip
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "epsilon", "zplus")
-_LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Upsample)
+_LEAVES = (
+    nn.Conv2d,
+    nn.ConvTranspose2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Upsample,
+)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, ConvAutoencoder, DilatedResidual, GatedSkip)
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -39,10 +51,10 @@ class UnsupportedLayerError(ValueError):
 def check_supported(model: nn.Module) -> None:
     """Raise UnsupportedLayerError unless every layer of `model` is covered (see the module docstring)."""
     hint = (
-        "LRP covers Conv2d, ConvTranspose2d, BatchNorm2d after a conv, ReLU, LeakyReLU, Identity and "
-        "nearest/bilinear Upsample inside anomaly_ae.model.ConvAutoencoder (train with model.norm=batch or "
-        "none and model.activation=relu or leaky_relu); explain=gradient, gradient_x_input and residual "
-        "work for any model"
+        "LRP covers Conv2d, ConvTranspose2d, BatchNorm2d after a conv, ReLU, LeakyReLU, Sigmoid, Identity "
+        "and nearest/bilinear Upsample inside anomaly_ae.model.ConvAutoencoder (train with "
+        "model.norm=batch or none and model.activation=relu or leaky_relu); explain=gradient, "
+        "gradient_x_input and residual work for any model"
     )
     previous = None
     for name, module in model.named_modules():
