@@ -55,6 +55,9 @@ def main() -> None:
     methods += [Method("gradient", kind="gradient"), Method("gradient_x_input", kind="gradient_x_input")]
     for method in methods:
         cases[method.name] = lambda m=method: explain(scorer, images, m)
+    # The same composite with the layers' own (discarded) backward left in: zennit as is.
+    first = methods[0]
+    cases[f"{first.name} (no shortcut)"] = lambda: explain(scorer, images, first, shortcut=False)
     for fn in cases.values():  # warm-up: allocator, kernels, zennit hook set-up
         fn()
     seconds = {name: [] for name in cases}

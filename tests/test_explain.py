@@ -215,3 +215,19 @@ def test_root_relevance_is_the_non_negative_share_of_each_pixel():
     result = explain(AnomalyScore(model, sigma=1.0), torch.rand(2, 3, 32, 32), Method("r", residual="root"))
     assert result.relevance.min() >= 0
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_skipping_the_discarded_backward_changes_nothing_but_the_work(composite):
+    torch.manual_seed(0)
+    model = ConvAutoencoder(3, width=8, depth=2, dilations=(1, 2), upsample="bilinear").eval()
+    images = torch.rand(2, 3, 32, 32)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    results, conv_backwards = [], []
+    for shortcut in (False, True):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            results.append(propagate(model, images, build_composite(composite), lambda r: r, shortcut)[1])
+        events = prof.key_averages()
+        conv_backwards.append(sum(e.count for e in events if e.key == "aten::convolution_backward"))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    assert conv_backwards[0] - conv_backwards[1] == convs  # each conv's own backward, no longer computed

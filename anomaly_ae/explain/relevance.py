@@ -20,6 +20,7 @@ How relevance passes the score (the choice is `Method.residual`, a config value)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_ae.explain.rules import COMPOSITES, build_composite, check_supported
+from anomaly_ae.explain.shortcut import skip_own_backward
 from anomaly_ae.scoring import anomaly_map, image_score
 
 KINDS = ("lrp", "gradient", "gradient_x_input", "residual")
@@ -129,21 +131,27 @@ def residual_weights(scorer: AnomalyScore, images: Tensor, recon: Tensor, region
     return scores.detach(), -grad / 2  # ds/dr = -ds/drecon = 2a
 
 
-def propagate(autoencoder: nn.Module, images: Tensor, composite, output_relevance) -> tuple[Tensor, Tensor]:
+def propagate(
+    autoencoder: nn.Module, images: Tensor, composite, output_relevance, shortcut: bool = True
+) -> tuple[Tensor, Tensor]:
     """LRP through the autoencoder: (reconstructions, input relevance) for relevance given at its output.
 
     `output_relevance` maps the (detached) reconstructions to the relevance of each output value.
+    `shortcut`: skip the convs' ordinary backward, which zennit discards (same result, less time).
     """
     check_supported(autoencoder)
     x = images.detach().requires_grad_()
-    with torch.enable_grad(), composite.context(autoencoder):
+    skipping = skip_own_backward(autoencoder) if shortcut else contextlib.nullcontext()
+    with torch.enable_grad(), skipping, composite.context(autoencoder):
         recon = autoencoder(x)
         relevance = output_relevance(recon.detach())
         (result,) = torch.autograd.grad(recon, x, grad_outputs=relevance)
     return recon.detach(), result
 
 
-def _gated(scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None) -> tuple:
+def _gated(
+    scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None, shortcut: bool
+) -> tuple:
     composite = build_composite(method.composite, method.epsilon, method.stabilizer, method.gamma)
     found = {}
 
@@ -151,7 +159,7 @@ def _gated(scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor 
         found["scores"], found["a"] = residual_weights(scorer, images, recon, region)
         return -found["a"] * recon  # the term -a * f(x) of the linearised score
 
-    recon, from_recon = propagate(scorer.autoencoder, images, composite, output_relevance)
+    recon, from_recon = propagate(scorer.autoencoder, images, composite, output_relevance, shortcut)
     return recon, found["scores"], found["a"] * images + from_recon  # + the direct term a * x
 
 
@@ -180,13 +188,16 @@ def _residual(scorer: AnomalyScore, images: Tensor, region: Tensor | None) -> tu
 
 
 def explain(
-    scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None = None
+    scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None = None, shortcut: bool = True
 ) -> Explanation:
-    """Explain the scores of a batch of (N, C, H, W) images in [0, 1] with `method`."""
+    """Explain the scores of a batch of (N, C, H, W) images in [0, 1] with `method`.
+
+    `shortcut=False` lets autograd run the layers' own backward that zennit discards (for comparisons).
+    """
     images = images.detach()
     if method.kind == "lrp":
         if method.residual == "gated":
-            recon, scores, relevance = _gated(scorer, images, method, region)
+            recon, scores, relevance = _gated(scorer, images, method, region, shortcut)
         else:
             recon, scores, relevance = _root(scorer, images, region)
     elif method.kind == "residual":
