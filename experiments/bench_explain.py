@@ -69,10 +69,10 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"default model ({params:.1f} M parameters), one {args.size}x{args.size} RGB image, {device}, "
           f"torch threads {torch.get_num_threads()}, median of {args.repeats}")  # fmt: skip
-    print(f"{'case':28s} {'ms':>9s} {'x fwd+bwd':>10s}")
+    print(f"{'case':32s} {'ms':>9s} {'x fwd+bwd':>10s}")
     for name, values in seconds.items():
         median = statistics.median(values)
-        print(f"{name:28s} {1000 * median:9.1f} {median / reference:10.2f}")
+        print(f"{name:32s} {1000 * median:9.1f} {median / reference:10.2f}")
 
 
 if __name__ == "__main__":
