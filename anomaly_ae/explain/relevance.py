@@ -137,7 +137,7 @@ def propagate(
     """LRP through the autoencoder: (reconstructions, input relevance) for relevance given at its output.
 
     `output_relevance` maps the (detached) reconstructions to the relevance of each output value.
-    `shortcut`: skip the convs' ordinary backward, which zennit discards (same result, less time).
+    `shortcut`: skip the layers' ordinary backward, which zennit discards (same result, less time).
     """
     check_supported(autoencoder)
     x = images.detach().requires_grad_()

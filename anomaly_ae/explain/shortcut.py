@@ -2,9 +2,10 @@
 
 A zennit rule hook replaces the gradient at a layer's input by the layer's relevance, which the rule computes
 from its own re-run of the layer. Autograd still runs the layer's ordinary backward first (input and weight
-gradients), only for the hook to throw the result away: one convolution backward per layer, about a third of
-an explanation's cost. `skip_own_backward` cuts that path: each conv's output is re-attached to its (hooked)
-input by a function whose backward is a zero tensor, so autograd reaches zennit's input hook at once.
+gradients), only for the hook to throw the result away: one convolution backward per conv, a sixth to a
+fifth of an explanation's time (experiments/README.md, "Explanation cost"). `skip_own_backward` cuts that
+path: each such layer's output is re-attached to its (hooked) input by a function whose backward is a zero
+tensor, so autograd reaches zennit's input hook at once.
 Only for layer types that every composite of `anomaly_ae.explain.rules` gives a rule that ignores the
 ordinary gradient: convolutions and upsampling (their rules recompute the layer), batch norms and
 activations (Pass: the relevance goes through as it came).
