@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Exact versions from constraints.txt, so a fresh install is the tested one.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,7 +3,7 @@
 Run: PYTHONPATH=. python experiments/ablation.py            (all variants, textures + elpv, 3 seeds)
      PYTHONPATH=. python experiments/ablation.py --datasets textures,elpv:mono --seeds 0
 
-Every run is an ordinary `anomaly_ae.run.fit(cfg)` on the real config, composed with Hydra's compose API,
+Every run is an ordinary `anomaly_ae.cli.train.fit(cfg)` on the real config (Hydra's compose API),
 with the variant's overrides on top of a shared CPU budget: `--steps` optimiser steps (trainer.max_steps),
 batch 16, `--image-size` px, a quarter-width model (width 16, max_width 128) and, at 64 px, depth 3 so the
 code keeps 8x8 positions. Each finished run is appended to `<csv>_runs.csv` and skipped when the script is
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from anomaly_ae.cli.common import CONF_DIR
+
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 # Each variant changes one thing against the paper's objective (a), except the two baselines.
@@ -77,7 +78,7 @@ def parse_datasets(spec: str) -> list[tuple[str, str]]:
 
 def run_one(variant: str, data: str, category: str, seed: int, args: argparse.Namespace) -> dict:
     """Train and test one variant on one category; return its row of RUN_COLUMNS."""
-    from anomaly_ae.run import fit
+    from anomaly_ae.cli.train import fit
 
     output_dir = Path(args.output_dir) / f"{variant}_{data}_{category}_seed{seed}"
     overrides = [f"data={data}", f"category={category}", f"seed={seed}", f"output_dir={output_dir}"]

@@ -4,7 +4,7 @@ Run: PYTHONPATH=. python experiments/bench_data.py   (about four minutes on 2 CP
 
 Data: a generated MVTec-layout tree of 200 RGB PNGs of --source px (MVTec AD photos are 700-1024 px),
 served at 256x256 RGB by MVTecDataModule's train loader (batch 16, --workers worker processes).
-Training: anomaly_ae.model.ConvAutoencoder(3), forward + backward + Adam step, batch 16 at 256x256.
+Training: ConvAutoencoder(3), forward + backward + Adam step, batch 16 at 256x256.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly_ae.data.mvtec import MVTecDataModule
-from anomaly_ae.model import ConvAutoencoder
+from anomaly_ae.model.autoencoder import ConvAutoencoder
 
 BATCH, SIZE = 16, 256
 

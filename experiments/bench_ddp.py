@@ -42,7 +42,7 @@ def train(args: argparse.Namespace) -> None:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback
 
-    from anomaly_ae.run import build_module
+    from anomaly_ae.cli.train import build_module
     from tests.conftest import compose_config, tiny_overrides
 
     torch.set_num_threads(args.threads)

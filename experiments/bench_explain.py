@@ -14,14 +14,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from anomaly_ae.explain import AnomalyScore, Method, explain
+from anomaly_ae.explain import Method, explain
 from anomaly_ae.explain.rules import COMPOSITES
-from anomaly_ae.model import architecture
+from anomaly_ae.model.autoencoder import architecture
+from anomaly_ae.model.scorer import AnomalyScorer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def forward_backward(scorer: AnomalyScore, images: torch.Tensor) -> None:
+def forward_backward(scorer: AnomalyScorer, images: torch.Tensor) -> None:
     """The reference: reconstruction loss forward and backward to every parameter, as in a training step."""
     scorer.autoencoder.zero_grad(set_to_none=True)
     reconstructions = scorer.autoencoder(images)
@@ -47,7 +48,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = instantiate(architecture(OmegaConf.load(CONF / "model" / "conv_ae.yaml")), in_channels=3)
-    scorer = AnomalyScore(model.to(device), sigma=4.0)  # eval mode, as when explaining
+    scorer = AnomalyScorer(model.to(device), sigma=4.0)  # eval mode, as when explaining
     images = torch.rand(1, 3, args.size, args.size, device=device)
 
     cases = {"forward+backward": lambda: forward_backward(scorer, images)}

@@ -35,28 +35,19 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from anomaly_ae.model import architecture
-from anomaly_ae.scoring import anomaly_map, image_score
+from anomaly_ae.model.autoencoder import architecture
+from anomaly_ae.model.scorer import AnomalyScorer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-class Inference(torch.nn.Module):
-    """What `AnomalyAE.forward` computes, without importing Lightning into every measuring process."""
+def build_module(device: str) -> AnomalyScorer:
+    """The default model (`conf/model/conv_ae.yaml`, 3 channels) with the default scoring, in eval mode.
 
-    def __init__(self, model: torch.nn.Module, sigma: float = 4.0) -> None:  # sigma: conf/config.yaml
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = anomaly_map(images, self.model(images), self.sigma)
-        return maps, image_score(maps, "max")
-
-
-def build_module(device: str) -> Inference:
-    """The default model (`conf/model/conv_ae.yaml`, 3 channels) with its scoring, in eval mode."""
+    The AnomalyScorer alone, not the LightningModule: no Lightning import in every measuring process.
+    """
     model = instantiate(architecture(OmegaConf.load(CONF / "model/conv_ae.yaml")), in_channels=3)
-    return Inference(model).to(device).eval()
+    return AnomalyScorer(model).to(device).eval()
 
 
 def sync(device: str) -> None:
@@ -106,7 +97,7 @@ def measure(size: int, batch: int, args: argparse.Namespace) -> dict:
     module = build_module(args.device)
     images = torch.rand(batch, 3, size, size, device=args.device)
     if args.compile:
-        module.model = torch.compile(module.model)
+        module.autoencoder = torch.compile(module.autoencoder)
     reference = matmul_flops_per_s(args.matmul_side, args)  # side by side with this config, before and after
     gc.collect()
     release_free_heap()
@@ -131,7 +122,7 @@ def measure(size: int, batch: int, args: argparse.Namespace) -> dict:
     reference = (reference + matmul_flops_per_s(args.matmul_side, args)) / 2
     # Counted last: a forward before the baseline would already have raised the maximum RSS.
     if args.compile:
-        module.model = module.model._orig_mod  # the counter needs eager ops
+        module.autoencoder = module.autoencoder._orig_mod  # the counter needs eager ops
     with torch.inference_mode(), autocast(args), FlopCounterMode(display=False) as counter:
         module(images[:1])
     flops = counter.get_total_flops()

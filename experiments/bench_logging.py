@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from anomaly_ae.cli_support import CONF_DIR
-from anomaly_ae.dashboards import test_overlays, validation_panel, wandb_test_table
-from anomaly_ae.module import AnomalyAE
+from anomaly_ae.cli.common import CONF_DIR
+from anomaly_ae.data.images import as_float
+from anomaly_ae.evaluation.results import TestResults
+from anomaly_ae.integrations.dashboards import test_overlays, validation_panel, wandb_test_table
+from anomaly_ae.training.module import VAL_CORRUPTION_SEED, AnomalyAE
 
 SIZE, BATCH, PANEL = 128, 16, 4
 
@@ -66,18 +68,29 @@ def main() -> None:
     def training_step() -> None:
         module.train()
         corrupted, _ = module.corruption(images, generator)
-        loss = F.mse_loss(module.model(corrupted), images)
+        loss = F.mse_loss(module.autoencoder(corrupted), images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     def panel() -> None:
         module.eval()
-        validation_panel(module, images[:PANEL])
+        validation_panel(module, images[:PANEL], VAL_CORRUPTION_SEED)
 
-    def table() -> None:
+    def table() -> None:  # the test step's forward pass, then what the table adds to it
         module.eval()
-        wandb_test_table(records, test_overlays(module, loader), has_masks=True)
+        with torch.no_grad():
+            outputs = [(module.autoencoder(as_float(b["image"])), b) for b in loader]
+            maps = torch.cat([module.scorer.anomaly_map(as_float(b["image"]), r) for r, b in outputs])
+        results = TestResults(
+            metrics={},
+            records=records,
+            images=test,
+            reconstructions=torch.cat([r for r, _ in outputs]),
+            maps=maps,
+            masks=masks[:, 0] > 0,
+        )
+        wandb_test_table(records, test_overlays(results), has_masks=True)
 
     cases = {"training step": training_step, "validation panel": panel, "W&B test table": table}
     times: dict[str, list[float]] = {name: [] for name in cases}

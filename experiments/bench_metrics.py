@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from anomaly_ae.metrics import ImageMetrics, PixelMetrics
+from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics
 
 
 def make_batch(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,10 +25,11 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from anomaly_ae.model import architecture
-from anomaly_ae.module import AnomalyAE, augment
-from anomaly_ae.run import QUIET
-from anomaly_ae.scoring import as_float, reconstruction_loss
+from anomaly_ae.cli.train import QUIET
+from anomaly_ae.data.images import as_float
+from anomaly_ae.model.autoencoder import architecture
+from anomaly_ae.model.loss import reconstruction_loss
+from anomaly_ae.training.module import AnomalyAE, augment
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 AUGMENT = {"hflip": True, "vflip": True, "rot90": False}  # conf/data/textures.yaml
@@ -198,7 +199,7 @@ def lightning_cases(args: argparse.Namespace, data: InMemoryImages) -> dict[str,
             images = augment(as_float(batch["image"]), **AUGMENT)
             target = module.corruption.anchor_noise(images, generator)
             corrupted, mask = module.corruption(target, generator)
-            loss = reconstruction_loss(module.model(corrupted), target, mask)
+            loss = reconstruction_loss(module.autoencoder(corrupted), target, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -53,7 +53,7 @@ def test_ablation_table_has_a_row_per_variant_with_metrics_in_unit_range(tmp_pat
     plain = (tmp_path / "runs/plain_ae_mvtec_toy_seed0/config.yaml").read_text()
     assert "bottleneck_channels: 8" in plain and "skips: false" in plain and "corruption: {}" in plain
     dae = (tmp_path / "runs/gaussian_dae_mvtec_toy_seed0/config.yaml").read_text()
-    assert "_target_: anomaly_ae.gaussian_noise.GaussianNoiseCorruption" in dae
+    assert "_target_: anomaly_ae.corruption.gaussian.GaussianNoiseCorruption" in dae
 
     ablation.main(argv)  # finished runs are read back, not repeated
     assert (tmp_path / "ablation_runs.csv").read_text() == runs

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from anomaly_ae.model import architecture
+from anomaly_ae.model.autoencoder import architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 

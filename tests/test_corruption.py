@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly_ae.corruption import SHAPES, StructuredCorruption, region_masks
+from anomaly_ae.corruption.structured import SHAPES, StructuredCorruption, region_masks
 
 
 def generator(seed: int = 0) -> torch.Generator:

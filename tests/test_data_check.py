@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_ae.data.check import DataError, main
+from anomaly_ae.cli.check import main
+from anomaly_ae.cli.train import fit
+from anomaly_ae.data.check import DataError
 from anomaly_ae.data.mvtec import MVTecDataModule
-from anomaly_ae.run import fit
 from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
 
 FIX = "found before training; fix them and run again:"
@@ -137,11 +138,11 @@ def test_check_command_prints_counts_then_every_problem(mvtec_root: Path, capsys
     assert captured.err.startswith(f"error: 2 problems in MVTec AD category 'toy' in {mvtec_root}, {FIX}\n")
 
 
-def test_check_runs_as_a_module(mvtec_root: Path) -> None:
+def test_check_runs_as_a_subcommand(mvtec_root: Path) -> None:
     truncate(mvtec_root / "toy/train/good/007.png")
     args = ["data=mvtec", f"data.root={mvtec_root}", "category=toy"]
     done = subprocess.run(
-        [sys.executable, "-m", "anomaly_ae.data.check", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "anomaly_ae", "check", *args], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1, done.stderr
     assert "│ train │ good        │     24 │     0 │" in done.stdout

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly_ae.explain import AnomalyScore, Method, UnsupportedLayerError, box_mask, explain
+from anomaly_ae.explain import Method, UnsupportedLayerError, box_mask, explain
 from anomaly_ae.explain.relevance import propagate
 from anomaly_ae.explain.rules import COMPOSITES, build_composite
-from anomaly_ae.model import ConvAutoencoder
+from anomaly_ae.model.autoencoder import ConvAutoencoder
+from anomaly_ae.model.scorer import AnomalyScorer
 
 CONSERVATION_TOLERANCE = 1e-3  # relative; stabilisers (1e-6) and merged batch norms' eps leave ~1e-5
 LRP = [Method(name, composite=name) for name in COMPOSITES]
@@ -115,7 +116,7 @@ def test_biases_absorb_relevance_so_the_bias_free_check_is_not_vacuous():
 
 @pytest.mark.parametrize("method", [m for m in ALL if m.kind == "lrp"], ids=lambda m: m.name)
 def test_total_relevance_equals_the_score_without_biases(method):
-    scorer = AnomalyScore(bias_free_autoencoder("batch", "transposed"), sigma=1.0)
+    scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed"), sigma=1.0)
     result = explain(scorer, torch.rand(2, 3, 32, 32), method)
     if method.composite != "epsilon_alpha2_beta1_flat":  # alpha-beta conserves only where both signs exist
         torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-3, atol=0)
@@ -124,7 +125,7 @@ def test_total_relevance_equals_the_score_without_biases(method):
 @pytest.mark.parametrize("method", [m for m in ALL if m.kind != "residual"], ids=lambda m: m.name)
 def test_relevance_concentrates_on_the_altered_region(method):
     image, mask = spot_image()
-    result = explain(AnomalyScore(blur_autoencoder(), sigma=1.0), image, method)
+    result = explain(AnomalyScorer(blur_autoencoder(), sigma=1.0), image, method)
     heat = result.heatmap[0].clamp_min(0)
     assert heat[mask].sum() / heat.sum() > 0.5  # the square is 3.5 % of the image
     assert mask.flatten()[heat.argmax()]
@@ -132,7 +133,7 @@ def test_relevance_concentrates_on_the_altered_region(method):
 
 def test_the_plain_residual_map_spreads_over_the_blurred_border():
     image, mask = spot_image()
-    result = explain(AnomalyScore(blur_autoencoder(), sigma=1.0), image, Method("residual", kind="residual"))
+    result = explain(AnomalyScorer(blur_autoencoder(), sigma=1.0), image, Method("residual", kind="residual"))
     heat = result.heatmap[0]
     torch.testing.assert_close(heat, result.maps[0])
     assert heat[mask].sum() / heat.sum() < 0.5  # why a gated explanation of the score localises better
@@ -140,7 +141,7 @@ def test_the_plain_residual_map_spreads_over_the_blurred_border():
 
 @pytest.mark.parametrize("method", ALL, ids=lambda m: m.name)
 def test_explanations_are_deterministic_and_batch_independent(method):
-    scorer = AnomalyScore(bias_free_autoencoder("batch", "transposed", seed=1), sigma=1.0)
+    scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed", seed=1), sigma=1.0)
     images = torch.rand(3, 3, 32, 32)
     first, second = explain(scorer, images, method), explain(scorer, images, method)
     assert torch.equal(first.relevance, second.relevance)
@@ -154,7 +155,7 @@ def test_explaining_leaves_the_model_unchanged():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         before = model(images)
-    explain(AnomalyScore(model, sigma=1.0), images, Method("e", composite="epsilon_gamma_box"))
+    explain(AnomalyScorer(model, sigma=1.0), images, Method("e", composite="epsilon_gamma_box"))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert set(dict(model.named_modules())) == set(
         dict(bias_free_autoencoder("batch", "transposed").named_modules())
@@ -164,7 +165,7 @@ def test_explaining_leaves_the_model_unchanged():
 
 
 def test_region_score_and_its_relevance_stay_inside_the_region():
-    scorer = AnomalyScore(bias_free_autoencoder("batch", "transposed"), sigma=1.0)
+    scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed"), sigma=1.0)
     images = torch.rand(2, 3, 32, 32)
     region = box_mask((4, 4, 12, 12), (32, 32)).expand(2, -1, -1, -1)
     result = explain(scorer, images, Method("root", composite="epsilon", residual="root"), region)
@@ -177,7 +178,7 @@ def test_region_score_and_its_relevance_stay_inside_the_region():
 
 @pytest.mark.parametrize("kwargs", [{"norm": "group"}, {"norm": "instance"}, {"activation": "gelu"}])
 def test_unsupported_layers_raise_a_clear_error(kwargs):
-    scorer = AnomalyScore(ConvAutoencoder(1, width=8, depth=2, dilations=(1,), **kwargs), sigma=1.0)
+    scorer = AnomalyScorer(ConvAutoencoder(1, width=8, depth=2, dilations=(1,), **kwargs), sigma=1.0)
     images = torch.rand(1, 1, 32, 32)
     with pytest.raises(UnsupportedLayerError, match="has no LRP rule"):
         explain(scorer, images, Method("e", composite="epsilon_plus_flat"))
@@ -201,7 +202,7 @@ def test_lrp_epsilon_equals_half_gradient_x_input_with_biases():
         for module in model.modules():
             if getattr(module, "bias", None) is not None:
                 module.bias.uniform_(-0.1, 0.1)
-    scorer = AnomalyScore(model, sigma=1.0)
+    scorer = AnomalyScorer(model, sigma=1.0)
     images = torch.rand(2, 3, 32, 32)
     lrp = explain(scorer, images, Method("e", composite="epsilon", epsilon=1e-9, stabilizer=1e-9))
     gxi = explain(scorer, images, Method("g", kind="gradient_x_input"))
@@ -212,7 +213,7 @@ def test_root_relevance_is_the_non_negative_share_of_each_pixel():
     model = bias_free_autoencoder("batch", "transposed", seed=3)
     with torch.no_grad():
         model.head.bias.fill_(0.3)  # biases do not matter: nothing is propagated through f
-    result = explain(AnomalyScore(model, sigma=1.0), torch.rand(2, 3, 32, 32), Method("r", residual="root"))
+    result = explain(AnomalyScorer(model, sigma=1.0), torch.rand(2, 3, 32, 32), Method("r", residual="root"))
     assert result.relevance.min() >= 0
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-5, atol=0)
 

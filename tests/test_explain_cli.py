@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +11,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from anomaly_ae.cli.explain import explain_images
+from anomaly_ae.cli.main import main as cli_main
+from anomaly_ae.cli.train import fit
 from anomaly_ae.data.images import read_image
-from anomaly_ae.explain.cli import explain_images
 from anomaly_ae.explain.evaluate import evaluate
-from anomaly_ae.explain.loading import load_scorer
 from anomaly_ae.explain.relevance import Method, explain
-from anomaly_ae.module import AnomalyAE
-from anomaly_ae.run import fit
+from anomaly_ae.inference.loading import load_scorer
+from anomaly_ae.training.module import AnomalyAE
 from tests.conftest import CONF_DIR, compose_config, make_mvtec_tree, tiny_overrides
 
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "explain").glob("*.yaml"))
@@ -75,12 +74,12 @@ def test_explain_writes_panels_relevance_and_the_trained_modules_scores(tiny_run
         assert len(list(csv.DictReader(file))) == len(paths)
 
 
-def test_explain_region_box_from_the_command_line(tiny_run, tmp_path, monkeypatch):
+def test_explain_region_box_from_the_command_line(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     image = root / "toy" / "test" / "square" / "001.png"
     arguments = [f"checkpoint={checkpoint}", f"input={image}", f"output={tmp_path}", "explain=zplus"]
-    monkeypatch.setattr(sys, "argv", ["anomaly_ae.explain", *arguments, "region=[0,0,16,16]", "device=cpu"])
-    runpy.run_module("anomaly_ae.explain", run_name="__main__")  # what `python -m anomaly_ae.explain` runs
+    # What `anomaly-ae explain ...` runs: the console script's dispatcher reads sys.argv.
+    assert cli_main(["explain", *arguments, "region=[0,0,16,16]", "device=cpu"]) == 0
     assert (tmp_path / "001.png").is_file() and (tmp_path / "scores.csv").is_file()
 
 

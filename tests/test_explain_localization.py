@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_ae.explain import render
 from anomaly_ae.explain.localization import mass_accuracy, pointing_game, rank_accuracy
+from anomaly_ae.reporting import plots
 
 
 def square_mask() -> torch.Tensor:
@@ -56,14 +56,14 @@ def test_no_positive_relevance_gives_zero_mass():
 
 
 def test_signed_colour_map_is_white_at_zero_red_positive_blue_negative():
-    rgb = render.signed_rgb(np.array([[-1.0, 0.0, 1.0]]), limit=1.0)
+    rgb = plots.signed_rgb(np.array([[-1.0, 0.0, 1.0]]), limit=1.0)
     assert rgb[0].tolist() == [[0, 0, 255], [255, 255, 255], [255, 0, 0]]
-    assert render.signed_rgb(np.zeros((4, 4))).min() == 255  # an all-zero map stays white, no NaN
+    assert plots.signed_rgb(np.zeros((4, 4))).min() == 255  # an all-zero map stays white, no NaN
 
 
 def test_sequential_map_and_grid_sizes():
-    hot = render.magnitude_rgb(np.array([[0.0, 1.0]]), limit=1.0)
+    hot = plots.magnitude_rgb(np.array([[0.0, 1.0]]), limit=1.0)
     assert hot[0, 0].tolist() == [0, 0, 0] and hot[0, 1].tolist() == [255, 255, 255]
-    tile = render.image_rgb(torch.rand(1, 16, 16))
-    canvas = render.grid([[tile, tile, tile], [tile, tile, tile]], ["a", "b", "c"], tile=32)
+    tile = plots.image_rgb(torch.rand(1, 16, 16))
+    canvas = plots.grid([[tile, tile, tile], [tile, tile, tile]], ["a", "b", "c"], tile=32)
     assert canvas.size == (96, 14 + 64)

@@ -1,4 +1,4 @@
-"""ONNX and TorchScript export: PyTorch's maps and scores at any batch size, from Detector and predict too."""
+"""ONNX and .pt2 export: PyTorch's maps and scores at any batch size, from Detector and predict too."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from scipy import ndimage
 
+from anomaly_ae.cli.export import main
+from anomaly_ae.cli.predict import predict_images
 from anomaly_ae.data.elpv import elpv_labels
-from anomaly_ae.detector import METADATA_KEY, Detector, model_input
-from anomaly_ae.export import ExportedScorer, export, main
-from anomaly_ae.module import AnomalyAE
-from anomaly_ae.predict import predict_images
-from anomaly_ae.scoring import anomaly_map, smooth
+from anomaly_ae.inference.detector import METADATA_KEY, Detector, model_input
+from anomaly_ae.inference.export import export
+from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.model.scoring import anomaly_map, smooth, smoothing_radius
+from anomaly_ae.training.module import AnomalyAE
 from tests.test_predict import cached_checkpoint, compose_predict, write_images
 
 TOLERANCE = 1e-4  # max abs difference allowed between runtimes, for maps and scores
@@ -56,20 +59,24 @@ def real_batch(module: AnomalyAE) -> torch.Tensor:
 
 @pytest.mark.parametrize("reduction", ["max", "topk_mean", "mean"])
 @pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
-def test_fixed_smoothing_equals_the_training_time_map(module, reduction, sigma):
-    module.hparams.score = {**module.hparams.score, "sigma": sigma, "reduction": reduction, "topk": 10}
-    try:
-        images = torch.rand(3, 1, 32, 32)
-        with torch.no_grad():
-            expected_maps, expected_scores = module(images)
-            maps, scores = ExportedScorer(module)(images)
-    finally:
-        module.hparams.score = {**module.hparams.score, "sigma": 1.0, "reduction": "max", "topk": 100}
-    assert torch.allclose(maps, expected_maps, atol=1e-6) and torch.allclose(
-        scores, expected_scores, atol=1e-6
+def test_precomputed_smoothing_kernel_equals_a_scipy_gaussian_filter(module, reduction, sigma):
+    scorer = AnomalyScorer(module.autoencoder, sigma, reduction, topk=10, image_size=32)  # kernel buffer
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        maps, scores = scorer(images)
+        residual = anomaly_map(images, module.autoencoder(images), 0)
+    assert torch.allclose(maps, smooth(residual, sigma), atol=1e-6)  # kernel computed per call
+    # Slow reference: scipy's Gaussian filter (truncate 4, reflect = scipy's "reflect" minus the edge: mirror)
+    expected = np.stack(
+        [
+            ndimage.gaussian_filter(r, sigma, mode="mirror", radius=smoothing_radius(sigma, 32))
+            for r in residual.numpy()
+        ]
     )
-    residual = anomaly_map(images, module.model(images).detach(), 0)
-    assert torch.allclose(maps, smooth(residual, sigma), atol=1e-6)
+    assert np.abs(maps.numpy() - expected).max() < 1e-6 if sigma else torch.equal(maps, residual)
+    assert torch.allclose(
+        scores, AnomalyScorer(module.autoencoder, sigma, reduction, topk=10).image_score(maps)
+    )
 
 
 def test_onnx_runtime_matches_pytorch_on_random_and_real_images_at_any_batch_size(module, onnx_file):
@@ -95,11 +102,11 @@ def test_onnx_file_carries_the_input_contract_and_thresholds(module, onnx_file):
     assert batch.dim_param and not batch.dim_value  # symbolic: any batch size
 
 
-def test_detector_from_onnx_and_torchscript_matches_the_checkpoint(tiny_checkpoint, onnx_file, tmp_path):
-    torchscript = export(tiny_checkpoint, "torchscript", tmp_path / "model.pt")
+def test_detector_from_onnx_and_pt2_matches_the_checkpoint(tiny_checkpoint, onnx_file, tmp_path):
+    program = export(tiny_checkpoint, "pt2", tmp_path / "model.pt2")
     images = [*elpv_cells(), *write_images(tmp_path / "in"), torch.rand(2, 1, 50, 40)]
     reference = Detector.load(tiny_checkpoint, device="cpu").predict(images)
-    for exported in (onnx_file, torchscript):
+    for exported in (onnx_file, program):
         result = Detector.load(exported, device="cpu").predict(images)
         assert (result.image_threshold, result.pixel_threshold) == pytest.approx(
             (reference.image_threshold, reference.pixel_threshold)
@@ -124,11 +131,9 @@ def test_predict_cli_runs_from_the_exported_file_with_the_same_results(tiny_chec
         assert np.abs(maps[0] - maps[1]).max() < TOLERANCE
 
 
-def test_export_cli_writes_torchscript_and_reports_the_difference(
-    tiny_checkpoint, tmp_path, monkeypatch, capsys
-):
-    output = tmp_path / "cli.pt"
-    argv = ["export", f"checkpoint={tiny_checkpoint}", "format=torchscript", f"output={output}"]
+def test_export_cli_writes_pt2_and_reports_the_difference(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "cli.pt2"
+    argv = ["export", f"checkpoint={tiny_checkpoint}", "format=pt2", f"output={output}"]
     monkeypatch.setattr(sys, "argv", argv)
     main()
     printed = capsys.readouterr().out

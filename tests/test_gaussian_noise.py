@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from anomaly_ae.gaussian_noise import GaussianNoiseCorruption
+from anomaly_ae.corruption.gaussian import GaussianNoiseCorruption
 from tests.conftest import compose_config
 
 
@@ -71,5 +71,5 @@ def test_anchor_noise_is_a_no_op_and_bad_values_are_named():
 
 def test_config_selects_it():
     cfg = compose_config(["corruption=gaussian"])
-    assert cfg.corruption._target_ == "anomaly_ae.gaussian_noise.GaussianNoiseCorruption"
+    assert cfg.corruption._target_ == "anomaly_ae.corruption.gaussian.GaussianNoiseCorruption"
     assert (cfg.corruption.std, cfg.corruption.p_corrupt, cfg.corruption.clip) == (0.2, 1.0, False)

@@ -13,11 +13,12 @@ import wandb
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from anomaly_ae.callbacks import epoch_line, run_callbacks
-from anomaly_ae.loggers import log_sweep_report, wandb_logger, wandb_mode
-from anomaly_ae.report import write_report
-from anomaly_ae.run import fit
-from anomaly_ae.summary import dashboard_rows
+from anomaly_ae.cli.train import fit, run_callbacks
+from anomaly_ae.evaluation.results import TestRecorder
+from anomaly_ae.integrations.loggers import log_sweep_report, wandb_logger, wandb_mode
+from anomaly_ae.reporting.console import dashboard_rows
+from anomaly_ae.reporting.sweep import write_report
+from anomaly_ae.training.callbacks import epoch_line
 from tests.conftest import compose_config, tiny_overrides
 from tests.test_report import write_run
 
@@ -187,7 +188,7 @@ def test_without_login_wandb_runs_offline_and_says_how_to_sync(tmp_path, monkeyp
 
 def test_a_login_keeps_wandb_online(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_API_KEY": "k" * 40}  # never sent: no run
-    code = "from anomaly_ae.loggers import wandb_mode; print(wandb_mode(None))"
+    code = "from anomaly_ae.integrations.loggers import wandb_mode; print(wandb_mode(None))"
     result = subprocess.run(
         [sys.executable, "-c", code], env=env | {"PYTHONPATH": str(Path(__file__).parents[1])},
         capture_output=True, text=True, timeout=120,
@@ -230,17 +231,19 @@ def test_epoch_line():
 
 
 def test_rich_progress_bar_only_when_the_bar_is_on(tmp_path):
-    names = [type(c).__name__ for c in run_callbacks(compose_config([f"output_dir={tmp_path}"]))]
+    names = [
+        type(c).__name__ for c in run_callbacks(compose_config([f"output_dir={tmp_path}"]), TestRecorder())
+    ]
     assert names[-2:] == ["EpochSummary", "ProgressBar"]
     quiet = compose_config([f"output_dir={tmp_path}", "trainer.enable_progress_bar=false"])
-    assert "ProgressBar" not in [type(c).__name__ for c in run_callbacks(quiet)]
+    assert "ProgressBar" not in [type(c).__name__ for c in run_callbacks(quiet, TestRecorder())]
 
 
 def test_library_adverts_and_quiet_warnings_are_dropped_real_ones_stay(caplog):
     import warnings
 
-    from anomaly_ae.run import QUIET
-    from anomaly_ae.terminal import quiet_library_messages
+    from anomaly_ae.cli.train import QUIET
+    from anomaly_ae.reporting.console import quiet_library_messages
 
     quiet_library_messages(QUIET)
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage.measure import label as skimage_label
 
-from anomaly_ae.metrics import ImageMetrics, PixelMetrics, f1_max
+from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics, f1_max
 
 MODES = {"exact": None, "binned": 2**20}
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_ae.model import ConvAutoencoder
+from anomaly_ae.model.autoencoder import ConvAutoencoder
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -81,8 +81,8 @@ def test_every_model_config_builds_without_its_run_options():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from anomaly_ae.cli_support import CONF_DIR
-    from anomaly_ae.model import RUN_OPTIONS, architecture
+    from anomaly_ae.cli.common import CONF_DIR
+    from anomaly_ae.model.autoencoder import RUN_OPTIONS, architecture
 
     for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
         config = OmegaConf.to_container(OmegaConf.load(path))

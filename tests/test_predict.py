@@ -16,11 +16,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from anomaly_ae import Detector
-from anomaly_ae.data.images import read_image
-from anomaly_ae.detector import CheckpointError, model_input
-from anomaly_ae.module import AnomalyAE
-from anomaly_ae.predict import main, predict_images
-from anomaly_ae.scoring import as_float
+from anomaly_ae.cli.predict import main, predict_images
+from anomaly_ae.data.images import as_float, read_image
+from anomaly_ae.inference.detector import CheckpointError, model_input
+from anomaly_ae.training.module import AnomalyAE
 from tests.conftest import CONF_DIR, stripes
 
 SIZE = 32
@@ -34,7 +33,12 @@ def make_tiny_checkpoint(path: Path) -> Path:
     rng = np.random.default_rng(0)
     images = [{"image": torch.from_numpy(stripes(SIZE, rng, 1))[None]} for _ in range(16)]
     module = AnomalyAE(
-        model={"_target_": "anomaly_ae.model.ConvAutoencoder", "width": 8, "depth": 2, "dilations": [1, 2]},
+        model={
+            "_target_": "anomaly_ae.model.autoencoder.ConvAutoencoder",
+            "width": 8,
+            "depth": 2,
+            "dilations": [1, 2],
+        },
         corruption=None,
         optim={
             "lr": 1e-3,
@@ -233,7 +237,7 @@ def test_predict_cli_writes_map_overlay_mask_and_csv_per_image(
         "device=cpu",
     ]
     monkeypatch.setattr(sys, "argv", argv)
-    main()  # @hydra.main reads sys.argv, as `python -m anomaly_ae.predict ...` does
+    main()  # @hydra.main reads sys.argv, as `python -m anomaly_ae.cli.predict ...` does
     rows = read_rows(out / "predictions.csv")
     assert list(rows[0]) == ["path", "score", "label", "threshold"]
     expected = detector.predict(paths)

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from anomaly_ae.metrics import PixelMetrics
-from anomaly_ae.report import aggregate, write_report
-from anomaly_ae.results import pick_examples
-from anomaly_ae.thresholds import binary_counts, f1_and_iou, fit_image_threshold, fit_pixel_threshold
+from anomaly_ae.evaluation.metrics import PixelMetrics
+from anomaly_ae.evaluation.thresholds import f1_and_iou, fit_image_threshold, fit_pixel_threshold
+from anomaly_ae.reporting.run_outputs import pick_examples
+from anomaly_ae.reporting.sweep import aggregate, write_report
 
 
 def write_run(folder, category, seed, image, pixel, aupro):
@@ -60,6 +60,12 @@ def test_image_threshold_is_f1_optimal_on_pseudo_defects_with_quantile_fallback(
     threshold, how = fit_image_threshold(scores, torch.zeros(6, dtype=torch.bool), "f1", 0.5)
     assert how == "quantile 0.5 of clean validation (fallback: validation has no pseudo-defects)"
     assert threshold == pytest.approx(0.275)
+
+
+def binary_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(tp, fp, fn) of boolean predictions against boolean targets: the slow reference."""
+    pred, target = pred.bool(), target.bool()
+    return torch.stack([(pred & target).sum(), (pred & ~target).sum(), (~pred & target).sum()]).double()
 
 
 def test_pixel_threshold_matches_a_brute_force_f1_search():

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomaly_ae.checkpointing import AtomicCheckpointIO, resume_path
-from anomaly_ae.run import fit
+from anomaly_ae.cli.train import fit
+from anomaly_ae.training.checkpointing import AtomicCheckpointIO, resume_path
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -90,7 +90,7 @@ def test_resume_last_falls_back_to_the_newest_loadable_checkpoint(mvtec_root, tm
     folder = out / "checkpoints"
     last, best = folder / "last.ckpt", folder / "best.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # as if killed mid-write
-    with caplog.at_level(logging.WARNING, logger="anomaly_ae.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="anomaly_ae.training.checkpointing"):
         assert resume_path("last", out) == str(best)
     assert f"resume=last: {last} is damaged (it does not load); resuming from {best} instead." in caplog.text
 

@@ -3,7 +3,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from anomaly_ae.scoring import anomaly_map, as_float, image_score, reconstruction_loss
+from anomaly_ae.data.images import as_float
+from anomaly_ae.model.loss import reconstruction_loss
+from anomaly_ae.model.scoring import anomaly_map, image_score
 
 
 def test_anomaly_map_is_channel_mean_of_squared_residual():

@@ -180,7 +180,7 @@ def test_default_size_and_preview(tmp_path: Path) -> None:
 
 
 def test_textures_data_config_builds_and_serves_the_category(tmp_path):
-    from anomaly_ae.run import fit
+    from anomaly_ae.cli.train import fit
     from tests.conftest import compose_config
 
     overrides = [

@@ -5,7 +5,7 @@ import torch
 from torch._dynamo.exc import BackendCompilerFailed
 from torch._dynamo.utils import counters
 
-from anomaly_ae.run import build_module, fit
+from anomaly_ae.cli.train import build_module, fit
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -34,7 +34,7 @@ def test_model_compile_runs_the_compiled_autoencoder(mvtec_root, tmp_path, one_t
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the autoencoder's forward
     checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["compile"] is True
-    assert "model.stem.0.weight" in checkpoint["state_dict"]  # plain keys: loads without compiling
+    assert "scorer.autoencoder.stem.0.weight" in checkpoint["state_dict"]  # plain keys: loads uncompiled
     assert "compile" not in checkpoint["hyper_parameters"]["model"]
 
 

@@ -1,7 +1,6 @@
 """Check a dataset before training: decode every file, collect every problem, count what is there.
 
-python -m anomaly_ae.data.check data=mvtec data.root=/data/mvtec_anomaly_detection category=grid
-
+`anomaly-ae check data=mvtec data.root=/data/mvtec_anomaly_detection category=grid` runs it on its own.
 The same check runs in `AnomalyDataModule.setup`, so a bad file stops a run before its first step,
 never in the middle of an epoch.
 """
@@ -9,25 +8,21 @@ never in the middle of an epoch.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from rich import progress as rp
-from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
 from anomaly_ae.data.images import distinct_values, is_binary, mask_to_tensor, mask_values, mode_channels
 from anomaly_ae.data.listing import Listing, Problem, Sample
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PROGRESS_FROM = 100  # files; smaller checks finish before a bar would help
 # PIL signals damaged files with any of these (SyntaxError and EOFError from some format plugins).
 _DECODE_ERRORS = (
@@ -209,36 +204,3 @@ def count_table(listing: Listing, title: str) -> Table:
     masked = sum(s.mask_path is not None for s in samples)
     table.add_row("all", "", str(len(samples)), str(masked), style="bold")
     return table
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Compose the run's config from overrides, print the counts, check every file; exit 0, 1 or 2."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    datamodule = instantiate(cfg.data)
-    console = Console()
-    try:
-        listing = datamodule.listing()
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    console.print(count_table(listing, datamodule.where))
-    try:
-        datamodule.check(listing)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    console.print(f"OK: {len(listing.samples())} images checked, no problems.")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run the imported module's main: under `python -m` this file is also `__main__`, whose DataError
-    # class is not the one the datamodules raise.
-    from anomaly_ae.data import check
-
-    raise SystemExit(check.main())

@@ -15,14 +15,14 @@ from PIL import Image
 from anomaly_ae.data.base import AnomalyDataModule, split_normals
 from anomaly_ae.data.images import pil_to_uint8
 from anomaly_ae.data.listing import Listing, Sample
+from anomaly_ae.optional import require
 
 CATEGORIES = ("mono", "poly")
 
 
 def elpv_labels() -> tuple[Path, list[tuple[str, float, str]]]:
     """(image folder root, [(relative path, defect probability, cell type)]) from the package's labels.csv."""
-    import elpv_dataset
-
+    elpv_dataset = require("elpv_dataset", "demo")
     root = Path(elpv_dataset.__file__).parent / "data"
     rows = []
     for line in (root / "labels.csv").read_text().splitlines():

@@ -99,3 +99,10 @@ def read_mask(path: str | Path, size: int | None) -> Tensor:
             return mask_to_tensor(mask_values(image), size)
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise OSError(f"cannot read mask {path}: {error}. Replace or delete the file.") from error
+
+
+def as_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] or float images -> float32 in [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images.float()

@@ -1,6 +1,6 @@
-"""python -m anomaly_ae.explain.evaluate: every explanation method against the defect masks of a test split.
+"""anomaly-ae explain-evaluate: every explanation method against the defect masks of a test split.
 
-python -m anomaly_ae.explain.evaluate checkpoint=<run>/checkpoints/best.ckpt data.root=<root>
+anomaly-ae explain-evaluate checkpoint=<run>/checkpoints/best.ckpt data.root=<root>
 Writes explain_results.md / .csv (mean and std per method), explain_per_image.csv and explain_grid.png.
 """
 
@@ -10,19 +10,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from anomaly_ae.cli_support import CONF_DIR, resolve_device, write_csv
-from anomaly_ae.explain import render
-from anomaly_ae.explain.loading import image_size, load_scorer, training_value
+from anomaly_ae.data.images import as_float
 from anomaly_ae.explain.localization import METRICS
-from anomaly_ae.explain.relevance import AnomalyScore, Method, explain
-from anomaly_ae.scoring import as_float
+from anomaly_ae.explain.relevance import Method, explain
+from anomaly_ae.inference.loading import image_size, load_scorer, resolve_device, training_value
+from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.reporting import plots
+from anomaly_ae.reporting.run_outputs import write_csv
 
 # Absolute: Hydra resolves a relative path against a package when this module is imported, not run.
 
@@ -110,23 +110,23 @@ def markdown(summary: list[dict], rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(scorer: AnomalyScore, dataset, indices: list[int], methods: dict[str, Method], device, tile: int):
+def figure(scorer: AnomalyScorer, dataset, indices: list[int], methods: dict[str, Method], device, tile: int):
     """Rows: images; columns: input, mask, anomaly map, then each method's relevance."""
     items = [dataset[i] for i in indices]
     images = as_float(torch.stack([item["image"] for item in items])).to(device)
     shown = {name: method for name, method in methods.items() if method.kind != "residual"}
     results = {name: explain(scorer, images, method) for name, method in shown.items()}
     with torch.no_grad():
-        maps = scorer.maps(images, scorer.autoencoder(images))
+        maps = scorer.anomaly_map(images, scorer.autoencoder(images))
     rows = []
     for i, item in enumerate(items):
-        row = [render.image_rgb(images[i]), render.image_rgb(item["mask"][0].float())]
-        row.append(render.magnitude_rgb(maps[i]))
+        row = [plots.image_rgb(images[i]), plots.image_rgb(item["mask"][0].float())]
+        row.append(plots.magnitude_rgb(maps[i]))
         for name, method in shown.items():
             heat = results[name].heatmap[i]
-            row.append(render.relevance_rgb(heat, signed=method.pooling == "sum"))
+            row.append(plots.relevance_rgb(heat, signed=method.pooling == "sum"))
         rows.append(row)
-    return render.grid(rows, ["input", "mask", "anomaly map", *shown], tile)
+    return plots.grid(rows, ["input", "mask", "anomaly map", *shown], tile)
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -156,16 +156,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     grid = figure(
         scorer, datamodule.test_set, figure_indices(groups, cfg.figure_rows), methods, device, cfg.figure_tile
     )
-    render.save(grid, output / "explain_grid.png")
+    plots.save_png(grid, output / "explain_grid.png")
     print((output / "explain_results.md").read_text())
     print(f"results in {output}")
     return summary
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="explain_evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ How relevance passes the score (the choice is `Method.residual`, a config value)
   pixels are fixed the score is linear in m, s = sum_q w_q m_q (w: the kernel around the winners).
 - The square is a gated linear term: r * r with one factor held constant, so s = sum a * r exactly, with
   a = w * r / C. The weights `a` come from autograd (s is 2-homogeneous in r, so a = ds/dr / 2), which keeps
-  the scoring code in one place (`anomaly_ae.scoring`) and conserves s exactly.
+  the scoring code in one place (`anomaly_ae.model.scorer`) and conserves s exactly.
 - "gated": the difference x - f(x) is an LRP sum node with terms a*x and -a*f(x), each keeping its own value
   as relevance (LRP-0). a*x goes straight to the pixels; -a*f(x) enters the autoencoder's output and is
   propagated by the zennit composite. Total relevance = s when no bias absorbs any; with LRP-eps it equals
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from anomaly_ae.explain.rules import COMPOSITES, build_composite, check_supported
 from anomaly_ae.explain.shortcut import skip_own_backward
-from anomaly_ae.scoring import anomaly_map, image_score
+from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.model.scoring import image_score
 
 KINDS = ("lrp", "gradient", "gradient_x_input", "residual")
 RESIDUAL_RULES = ("gated", "root")
@@ -102,31 +103,16 @@ def box_mask(box: tuple[int, int, int, int], shape: tuple[int, int]) -> Tensor:
     return mask
 
 
-class AnomalyScore(nn.Module):
-    """Autoencoder plus scoring as one module: (N, C, H, W) images -> (N,) anomaly scores."""
-
-    def __init__(self, autoencoder: nn.Module, sigma: float, reduction: str = "max", topk: int = 100) -> None:
-        super().__init__()
-        self.autoencoder = autoencoder.eval()  # batch norm must use its running statistics
-        self.sigma, self.reduction, self.topk = sigma, reduction, topk
-
-    def maps(self, images: Tensor, reconstructions: Tensor) -> Tensor:
-        """The anomaly maps (N, H, W), exactly as the trained module computes them."""
-        return anomaly_map(images, reconstructions, self.sigma)
-
-    def score(self, images: Tensor, reconstructions: Tensor, region: Tensor | None = None) -> Tensor:
-        """(N,) scores of the whole image, or of `region` (N, [1,] H, W)."""
-        return region_score(self.maps(images, reconstructions), region, self.reduction, self.topk)
-
-    def forward(self, images: Tensor, region: Tensor | None = None) -> Tensor:
-        return self.score(images, self.autoencoder(images), region)
+def scorer_score(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: Tensor | None) -> Tensor:
+    """(N,) scores of the whole image, or of `region`, exactly as the scorer computes them."""
+    return region_score(scorer.anomaly_map(images, recon), region, scorer.reduction, scorer.topk)
 
 
-def residual_weights(scorer: AnomalyScore, images: Tensor, recon: Tensor, region: Tensor | None) -> tuple:
+def residual_weights(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: Tensor | None) -> tuple:
     """(scores (N,), a (N, C, H, W)) with scores == sum(a * (images - recon)) per image."""
     recon = recon.detach().requires_grad_()
     with torch.enable_grad():
-        scores = scorer.score(images.detach(), recon, region)
+        scores = scorer_score(scorer, images.detach(), recon, region)
         (grad,) = torch.autograd.grad(scores.sum(), recon)
     return scores.detach(), -grad / 2  # ds/dr = -ds/drecon = 2a
 
@@ -150,7 +136,7 @@ def propagate(
 
 
 def _gated(
-    scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None, shortcut: bool
+    scorer: AnomalyScorer, images: Tensor, method: Method, region: Tensor | None, shortcut: bool
 ) -> tuple:
     composite = build_composite(method.composite, method.epsilon, method.stabilizer, method.gamma)
     found = {}
@@ -163,38 +149,39 @@ def _gated(
     return recon, found["scores"], found["a"] * images + from_recon  # + the direct term a * x
 
 
-def _root(scorer: AnomalyScore, images: Tensor, region: Tensor | None) -> tuple:
+def _root(scorer: AnomalyScorer, images: Tensor, region: Tensor | None) -> tuple:
     with torch.no_grad():
         recon = scorer.autoencoder(images)
     scores, a = residual_weights(scorer, images, recon, region)
     return recon, scores, a * (images - recon)
 
 
-def _gradient(scorer: AnomalyScore, images: Tensor, region: Tensor | None, times_input: bool) -> tuple:
+def _gradient(scorer: AnomalyScorer, images: Tensor, region: Tensor | None, times_input: bool) -> tuple:
     x = images.detach().requires_grad_()
     with torch.enable_grad():
         recon = scorer.autoencoder(x)
-        scores = scorer.score(x, recon, region)
+        scores = scorer_score(scorer, x, recon, region)
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return recon.detach(), scores.detach(), grad * images if times_input else grad
 
 
-def _residual(scorer: AnomalyScore, images: Tensor, region: Tensor | None) -> tuple:
+def _residual(scorer: AnomalyScorer, images: Tensor, region: Tensor | None) -> tuple:
     with torch.no_grad():
         recon = scorer.autoencoder(images)
-        scores = scorer.score(images, recon, region)
+        scores = scorer_score(scorer, images, recon, region)
     # Spread evenly over the channels, so the channel sum is the anomaly map itself.
-    return recon, scores, scorer.maps(images, recon)[:, None].expand_as(images) / images.shape[1]
+    return recon, scores, scorer.anomaly_map(images, recon)[:, None].expand_as(images) / images.shape[1]
 
 
 def explain(
-    scorer: AnomalyScore, images: Tensor, method: Method, region: Tensor | None = None, shortcut: bool = True
+    scorer: AnomalyScorer, images: Tensor, method: Method, region: Tensor | None = None, shortcut: bool = True
 ) -> Explanation:
     """Explain the scores of a batch of (N, C, H, W) images in [0, 1] with `method`.
 
     `shortcut=False` lets autograd run the layers' own backward that zennit discards (for comparisons).
     """
     images = images.detach()
+    scorer.eval()  # batch norm must use its running statistics
     if method.kind == "lrp":
         if method.residual == "gated":
             recon, scores, relevance = _gated(scorer, images, method, region, shortcut)
@@ -206,5 +193,5 @@ def explain(
         recon, scores, relevance = _gradient(scorer, images, region, method.kind == "gradient_x_input")
     heatmap = relevance.sum(1) if method.pooling == "sum" else relevance.norm(dim=1)
     with torch.no_grad():
-        maps = scorer.maps(images, recon)
+        maps = scorer.anomaly_map(images, recon)
     return Explanation(relevance.detach(), heatmap.detach(), maps, scores)

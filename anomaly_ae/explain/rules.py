@@ -3,7 +3,7 @@
 Covered layers: Conv2d and ConvTranspose2d (any rule), BatchNorm2d directly after a conv (merged into it by
 zennit's SequentialMergeBatchNorm), ReLU and LeakyReLU (relevance passes unchanged: both are positively
 homogeneous), Identity, nearest/bilinear Upsample (z-rule: fixed positive weights), and the two non-sequential
-blocks of `anomaly_ae.model`: the residual add of DilatedResidual and the gated skip (1 - g) * dec + g * enc,
+blocks of `model.autoencoder`: the residual add of DilatedResidual and the gated skip (1 - g) * dec + g * enc,
 both rewritten by `AutoencoderCanonizer` into a zennit `Sum` that splits relevance in proportion to each term.
 The Sigmoid output of model.output=sigmoid passes relevance unchanged, as zennit's composites do for every
 activation (monotone and elementwise: each output's relevance stays with its own pre-activation); where that
@@ -27,7 +27,7 @@ from zennit.layer import Sum
 from zennit.rules import Epsilon, Norm, Pass, ZPlus
 from zennit.types import Activation, BatchNorm, Convolution
 
-from anomaly_ae.model import ConvAutoencoder, DilatedResidual, GatedSkip
+from anomaly_ae.model.autoencoder import ConvAutoencoder, DilatedResidual, GatedSkip
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat", "epsilon", "zplus")
 _LEAVES = (
@@ -52,7 +52,7 @@ def check_supported(model: nn.Module) -> None:
     """Raise UnsupportedLayerError unless every layer of `model` is covered (see the module docstring)."""
     hint = (
         "LRP covers Conv2d, ConvTranspose2d, BatchNorm2d after a conv, ReLU, LeakyReLU, Sigmoid, Identity "
-        "and nearest/bilinear Upsample inside anomaly_ae.model.ConvAutoencoder (train with "
+        "and nearest/bilinear Upsample inside anomaly_ae.model.autoencoder.ConvAutoencoder (train with "
         "model.norm=batch or none and model.activation=relu or leaky_relu); explain=gradient, "
         "gradient_x_input and residual work for any model"
     )

@@ -1,0 +1,1 @@
+"""Data modules: one file per data source."""
