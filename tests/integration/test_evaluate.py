@@ -14,8 +14,8 @@ from anomaly_ae.cli.test import evaluate
 from anomaly_ae.cli.train import fit
 from anomaly_ae.inference.detector import Detector
 from anomaly_ae.inference.loading import load_scorer
-from tests.conftest import compose_config, tiny_overrides
-from tests.test_predict import cached_checkpoint
+from tests.helpers import compose_config, tiny_overrides
+from tests.integration.test_predict import cached_checkpoint
 
 
 def test_test_command_reproduces_the_training_runs_test_of_its_checkpoint(mvtec_root, tmp_path):

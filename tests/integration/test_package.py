@@ -12,7 +12,7 @@ import pytest
 
 from anomaly_ae.cli.main import COMMANDS, main
 from anomaly_ae.optional import MissingExtra, require
-from tests.conftest import make_mvtec_tree, tiny_overrides
+from tests.helpers import make_mvtec_tree, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from anomaly_ae.corruption.gaussian import GaussianNoiseCorruption
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 
 def generator(seed: int = 0) -> torch.Generator:

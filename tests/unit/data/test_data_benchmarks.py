@@ -14,7 +14,7 @@ from anomaly_ae.data.mvtec_ad2 import CATEGORIES as AD2_CATEGORIES
 from anomaly_ae.data.mvtec_ad2 import MVTecAD2DataModule
 from anomaly_ae.data.visa import CATEGORIES as VISA_CATEGORIES
 from anomaly_ae.data.visa import VisaDataModule
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 SMALL = dict(image_size=16, batch_size=2, eval_batch_size=4, num_workers=0)
 

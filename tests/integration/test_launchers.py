@@ -2,8 +2,8 @@
 
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF_DIR, make_mvtec_tree
-from tests.test_run import cli_overrides, run_cli
+from tests.helpers import CONF_DIR, make_mvtec_tree
+from tests.integration.test_run import cli_overrides, run_cli
 
 
 def test_slurm_launcher_takes_nodes_tasks_and_gpus_from_the_trainer():

@@ -15,7 +15,7 @@ from anomaly_ae.cli.check import main
 from anomaly_ae.cli.train import fit
 from anomaly_ae.data.check import DataError
 from anomaly_ae.data.mvtec import MVTecDataModule
-from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
+from tests.helpers import compose_config, make_mvtec_tree, tiny_overrides
 
 FIX = "found before training; fix them and run again:"
 FIX1 = FIX.replace("them", "it")

@@ -6,7 +6,7 @@ from torch._dynamo.exc import BackendCompilerFailed
 from torch._dynamo.utils import counters
 
 from anomaly_ae.cli.train import build_module, fit
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 
 def tiny_fit(mvtec_root, tmp_path, *extra: str) -> dict[str, float]:

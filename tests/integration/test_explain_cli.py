@@ -19,7 +19,7 @@ from anomaly_ae.explain.evaluate import evaluate
 from anomaly_ae.explain.relevance import Method, explain
 from anomaly_ae.inference.loading import load_scorer
 from anomaly_ae.training.module import AnomalyAE
-from tests.conftest import CONF_DIR, compose_config, make_mvtec_tree, tiny_overrides
+from tests.helpers import CONF_DIR, compose_config, make_mvtec_tree, tiny_overrides
 
 METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "explain").glob("*.yaml"))
 

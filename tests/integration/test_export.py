@@ -21,7 +21,7 @@ from anomaly_ae.inference.export import export
 from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import anomaly_map, smooth, smoothing_radius
 from anomaly_ae.training.module import AnomalyAE
-from tests.test_predict import cached_checkpoint, compose_predict, write_images
+from tests.integration.test_predict import cached_checkpoint, compose_predict, write_images
 
 TOLERANCE = 1e-4  # max abs difference allowed between runtimes, for maps and scores
 

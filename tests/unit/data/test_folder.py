@@ -12,7 +12,7 @@ from PIL import Image
 
 from anomaly_ae.data.check import DataError
 from anomaly_ae.data.folder import FolderDataModule
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 FORMATS = {  # name: (array dtype, channels, PIL format)
     "grey8.png": (np.uint8, 1, "PNG"),

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from anomaly_ae.model.autoencoder import architecture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_quick(script: str) -> list[str]:

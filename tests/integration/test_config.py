@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from anomaly_ae.data.mvtec import CATEGORIES, TEXTURES
-from tests.conftest import CONF_DIR, compose_config
+from tests.helpers import CONF_DIR, compose_config
 
 
 def options(group: str) -> list[str]:

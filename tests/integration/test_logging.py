@@ -19,8 +19,8 @@ from anomaly_ae.integrations.loggers import log_sweep_report, wandb_logger, wand
 from anomaly_ae.reporting.console import dashboard_rows
 from anomaly_ae.reporting.sweep import write_report
 from anomaly_ae.training.callbacks import epoch_line
-from tests.conftest import compose_config, tiny_overrides
-from tests.test_report import write_run
+from tests.helpers import compose_config, tiny_overrides
+from tests.unit.reporting.test_report import write_run
 
 PANEL = (5 * (32 + 2) + 2, 4 * (32 + 2) + 2)  # make_grid: 5 columns x 4 rows of 32 px tiles, 2 px padding
 
@@ -190,7 +190,7 @@ def test_a_login_keeps_wandb_online(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_API_KEY": "k" * 40}  # never sent: no run
     code = "from anomaly_ae.integrations.loggers import wandb_mode; print(wandb_mode(None))"
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        [sys.executable, "-c", code], env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.stdout.splitlines()[-1] == "None", result.stderr  # None: wandb.init's default, online

@@ -14,7 +14,7 @@ import torch
 
 from anomaly_ae.cli.train import fit
 from anomaly_ae.training.checkpointing import AtomicCheckpointIO, resume_path
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

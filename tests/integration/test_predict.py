@@ -20,7 +20,7 @@ from anomaly_ae.cli.predict import main, predict_images
 from anomaly_ae.data.images import as_float, read_image
 from anomaly_ae.inference.detector import CheckpointError, model_input
 from anomaly_ae.training.module import AnomalyAE
-from tests.conftest import CONF_DIR, stripes
+from tests.helpers import CONF_DIR, stripes
 
 SIZE = 32
 

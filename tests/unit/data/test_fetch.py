@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from anomaly_ae.data.download import MARKER, DownloadError
 from anomaly_ae.data.mvtec import MVTecDataModule
-from tests.conftest import compose_config, make_mvtec_tree
+from tests.helpers import compose_config, make_mvtec_tree
 
 ARCHIVE = "mvtec_anomaly_detection.tar.xz"
 

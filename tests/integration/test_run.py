@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from anomaly_ae.cli.train import fit
-from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
+from tests.helpers import compose_config, make_mvtec_tree, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_fit_writes_metrics_config_and_checkpoints(mvtec_root, tmp_path):

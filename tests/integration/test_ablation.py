@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_mvtec_tree
+from tests.helpers import make_mvtec_tree
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablation.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "ablation.py"
 
 
 def load_ablation():

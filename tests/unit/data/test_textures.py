@@ -181,7 +181,7 @@ def test_default_size_and_preview(tmp_path: Path) -> None:
 
 def test_textures_data_config_builds_and_serves_the_category(tmp_path):
     from anomaly_ae.cli.train import fit
-    from tests.conftest import compose_config
+    from tests.helpers import compose_config
 
     overrides = [
         "data=textures", "category=gravel", f"data.root={tmp_path / 'tex'}", f"output_dir={tmp_path / 'run'}",

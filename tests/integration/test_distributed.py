@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from anomaly_ae.data.mvtec import MVTecDataModule
-from tests.conftest import compose_config, make_mvtec_tree, tiny_overrides
+from tests.helpers import compose_config, make_mvtec_tree, tiny_overrides
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

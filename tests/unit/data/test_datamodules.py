@@ -6,7 +6,7 @@ from PIL import Image
 from anomaly_ae.data.elpv import ElpvDataModule, elpv_split
 from anomaly_ae.data.images import read_image
 from anomaly_ae.data.mvtec import MVTecDataModule, list_category
-from tests.conftest import make_mvtec_tree
+from tests.helpers import make_mvtec_tree
 
 
 def datamodule(root, **kwargs) -> MVTecDataModule:
