@@ -11,7 +11,7 @@ How relevance passes the score (the choice is `Method.residual`, a config value)
   as relevance (LRP-0). a*x goes straight to the pixels; -a*f(x) enters the autoencoder's output and is
   propagated by the zennit composite. Total relevance = s when no bias absorbs any; with LRP-eps it equals
   half of gradient x input (the 2 of the square). Reference point 0 (black), as in gradient x input.
-- "root": a deep-Taylor expansion of r at the root point f(x), the nearest normal image (method.md). Its
+- "root": a deep-Taylor expansion of r at the root point f(x), the nearest normal image (docs/method.md). Its
   first-order terms through f vanish for an ideal projection (the residual is orthogonal to the manifold of
   normal images), leaving relevance a * r: each pixel's own non-negative share of the score, in the spirit of
   the distance layer of Kauffmann, Mueller and Montavon (Pattern Recognition 2020). Nothing is propagated
