@@ -1,1 +1,0 @@
-"""Data modules: one file per data source."""
