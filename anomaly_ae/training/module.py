@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.classification import BinaryStatScores
@@ -221,11 +222,18 @@ class AnomalyAE(L.LightningModule):
             raise ValueError(f"optim.scheduler={optim['scheduler']!r} is not one of ('cosine', 'none')")
         total = max(1, self.trainer.estimated_stepping_batches)
         warmup = min(optim["warmup_steps"], total // 10)
+        # With trainer.max_time the run may end on the clock before its last step: the cosine then follows
+        # whichever budget is further spent, so a run cut by max_time still ends annealed.
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
 
         def factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            progress = (step - warmup) / max(1, total - warmup)
+            if timer is not None:
+                elapsed = timer.time_elapsed("train")
+                progress = max(progress, elapsed / max(1e-9, elapsed + timer.time_remaining("train")))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

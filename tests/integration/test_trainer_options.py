@@ -41,6 +41,7 @@ def test_model_compile_runs_the_compiled_autoencoder(mvtec_root, tmp_path, one_t
 class FakeTrainer:
     world_size = 4
     estimated_stepping_batches = 100
+    callbacks: list = []
 
 
 @pytest.mark.parametrize(("scale", "expected"), [("false", 2.0e-4), ("true", 8.0e-4)])
@@ -60,3 +61,12 @@ def test_one_gpu_with_bf16_and_compile(mvtec_root, tmp_path):
         compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=1", *extra])
     )
     assert 0 <= metrics["test/image_auroc"] <= 1 and 0 <= metrics["test/pixel_auroc"] <= 1
+
+
+def test_a_run_cut_by_max_time_ends_with_an_annealed_learning_rate(mvtec_root, tmp_path, one_thread):
+    overrides = ["trainer.max_epochs=10000", "trainer.max_time=00:00:00:06", "optim.warmup_steps=0"]
+    fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + overrides))
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] < 9999  # the clock ended it, not the step count
+    lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr < 0.01 * 2.0e-4  # by the step count alone it would still be at ~100 % of optim.lr
