@@ -146,7 +146,9 @@ def hole(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return commit(base, target, region)
 
 
-def _wobbly_region(h: int, w: int, rng: np.random.Generator, lo: float, hi: float) -> tuple[np.ndarray, float]:
+def _wobbly_region(
+    h: int, w: int, rng: np.random.Generator, lo: float, hi: float
+) -> tuple[np.ndarray, float]:
     """A smooth soft-edged star-shaped blob: (alpha (H, W) in [0, 1], radius in px)."""
     cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
     radius = rng.uniform(lo, hi) * min(h, w)
