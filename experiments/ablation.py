@@ -76,20 +76,26 @@ def parse_datasets(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_one(variant: str, data: str, category: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train and test one variant on one category; return its row of RUN_COLUMNS."""
+def fit_run(overrides: list[str]) -> tuple[dict[str, float], float]:
+    """Compose the real config with `overrides`, train and test; return (test metrics, wall seconds)."""
     from anomaly_ae.cli.train import fit
 
-    output_dir = Path(args.output_dir) / f"{variant}_{data}_{category}_seed{seed}"
-    overrides = [f"data={data}", f"category={category}", f"seed={seed}", f"output_dir={output_dir}"]
-    overrides += budget_overrides(args.steps, args.image_size) + VARIANTS[variant] + args.override
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # run summaries to stderr: stdout holds only the table
         metrics = fit(cfg)
+    return metrics, time.perf_counter() - start
+
+
+def run_one(variant: str, data: str, category: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train and test one variant on one category; return its row of RUN_COLUMNS."""
+    output_dir = Path(args.output_dir) / f"{variant}_{data}_{category}_seed{seed}"
+    overrides = [f"data={data}", f"category={category}", f"seed={seed}", f"output_dir={output_dir}"]
+    overrides += budget_overrides(args.steps, args.image_size) + VARIANTS[variant] + args.override
+    metrics, seconds = fit_run(overrides)
     row = {"variant": variant, "data": data, "category": category, "seed": seed, "steps": args.steps,
-           "image_size": args.image_size, "fit_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+           "image_size": args.image_size, "fit_seconds": round(seconds, 1)}  # fmt: skip
     for name in METRICS:
         row[name] = metrics.get(f"test/{name}", float("nan"))  # no masks (elpv): no pixel metrics
     return row
@@ -105,7 +111,9 @@ def read_runs(path: Path) -> list[dict]:
     return list({tuple(r[k] for k in key): r for r in rows}.values())
 
 
-def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
+def summarise(
+    runs: list[dict], variants: list[str], pairs: list[tuple[str, str]], metrics: tuple[str, ...] = METRICS
+) -> list[dict]:
     """Per variant: one row per category (mean ± std over its seeds), then, for data with several
     categories, a `data:mean` row: the category mean per seed, mean ± std over the seeds run on all of them.
     """
@@ -115,9 +123,8 @@ def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]
         for data, category in pairs:
             picked = [r for r in mine if (r["data"], r["category"]) == (data, category)]
             if picked:  # else: not run (yet) at this budget
-                table.append(
-                    _row(variant, f"{data}:{category}", [[_metric(r, m) for r in picked] for m in METRICS])
-                )
+                values = [[_metric(r, m) for r in picked] for m in metrics]
+                table.append(_row(variant, f"{data}:{category}", values, metrics))
         for data in dict.fromkeys(d for d, _ in pairs):
             categories = [c for d, c in pairs if d == data]
             by_seed = {
@@ -131,20 +138,20 @@ def summarise(runs: list[dict], variants: list[str], pairs: list[tuple[str, str]
                         statistics.mean(_metric(r, m) for r in rows if r["category"] in categories)
                         for rows in complete
                     ]
-                    for m in METRICS
+                    for m in metrics
                 ]
-                table.append(_row(variant, f"{data}:mean", per_seed))
+                table.append(_row(variant, f"{data}:mean", per_seed, metrics))
     return table
 
 
 def _metric(run: dict, name: str) -> float:
-    return float(run[name]) if run[name] != "" else float("nan")  # no masks (elpv): nan
+    return float(run[name]) if run.get(name, "") != "" else float("nan")  # no masks (elpv): nan
 
 
-def _row(variant: str, data: str, values: list[list[float]]) -> dict:
+def _row(variant: str, data: str, values: list[list[float]], metrics: tuple[str, ...] = METRICS) -> dict:
     """values[i]: metric i over the seeds."""
     row = {"variant": variant, "data": data, "seeds": len(values[0])}
-    for name, seeds in zip(METRICS, values, strict=True):
+    for name, seeds in zip(metrics, values, strict=True):
         if any(math.isnan(v) for v in seeds):  # metric not available (no masks)
             row[name] = row[f"{name}_std"] = float("nan")
             continue
@@ -167,12 +174,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def append_row(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict, columns: tuple[str, ...] = RUN_COLUMNS) -> None:
     """Append one run, so that parallel invocations sharing the file never overwrite each other's runs."""
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=RUN_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerow(row)

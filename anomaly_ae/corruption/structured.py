@@ -3,6 +3,15 @@
 Regions (rectangles, ellipses, polygons, noise blobs) are overwritten with foreign content so that the
 autoencoder learns to replace irregular patterns by normal ones. Everything is batched tensor code:
 no per-image Python loop, no numpy. Randomness comes from an optional `torch.Generator`.
+
+Families beyond the paper's (off unless listed in `shapes`/`sources`, so the default stream of
+random numbers and every earlier result stay as they were):
+- shape "stroke": thin curved strokes (cubic Bezier curves, 1-3 px wide) spanning up to twice the region;
+- shape "plasma": multi-octave smooth noise thresholded inside the region's square: fractal outlines,
+  often several pieces;
+- source "photometric": the image itself with its brightness, contrast and colour changed (no warp);
+- source "missing": missing material, a flat dark or bright tone with a little noise.
+Rotated and rescaled copies of the image itself are the existing source "self".
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SHAPES = ("rectangle", "ellipse", "polygon", "blob")
-FOREIGN_SOURCES = ("batch", "self", "texture", "external")
+SHAPES = ("rectangle", "ellipse", "polygon", "blob", "stroke", "plasma")
+PAPER_SHAPES = SHAPES[:4]  # the default: the later families are opt-in
+FOREIGN_SOURCES = ("batch", "self", "texture", "external", "photometric", "missing")
 FILLS = ("foreign", "blank")
 POLYGON_VERTICES = 7
 
@@ -70,7 +80,7 @@ class StructuredCorruption(nn.Module):
         min_size: float = 0.02,
         max_size: float = 0.25,
         max_aspect: float = 2.0,
-        shapes: Sequence[str] = SHAPES,
+        shapes: Sequence[str] = PAPER_SHAPES,
         fill: str = "foreign",
         sources: Sequence[str] = ("batch", "self", "texture"),
         alpha_min: float = 0.5,
@@ -168,6 +178,10 @@ class StructuredCorruption(nn.Module):
         b, c, h, w = images.shape
         if source == "texture":
             return _synthetic_texture(len(owner), c, h, w, images, gen)
+        if source == "photometric":
+            return _photometric(images[owner], gen)
+        if source == "missing":
+            return _missing(len(owner), c, h, w, images, gen)
         if source == "batch" and b > 1:
             offset = torch.randint(1, b, owner.shape, device=images.device, generator=gen)
             src = images[(owner + offset) % b]  # another image of the batch, never the owner
@@ -201,6 +215,10 @@ def region_masks(regions: Regions, shapes: Sequence[str], h: int, w: int, gen=No
             masks[pick] = u.square() + v.square() <= 1
         elif name == "polygon":
             masks[pick] = _polygon(u, v, gen)
+        elif name == "stroke":
+            masks[pick] = _stroke(u, v, h, w, gen)
+        elif name == "plasma":
+            masks[pick] = _plasma(u, v, gen)
         else:
             masks[pick] = _blob(u, v, gen)
     return masks
@@ -228,6 +246,73 @@ def _blob(u: Tensor, v: Tensor, gen) -> Tensor:
     noise = F.grid_sample(lattice, grid, mode="bicubic", align_corners=True)[:, 0]
     falloff = 1 - (u.square() + v.square())
     return (falloff > 0) & (falloff + 0.8 * (noise - 0.5) > 0.3)
+
+
+def _stroke(u: Tensor, v: Tensor, h: int, w: int, gen) -> Tensor:
+    """Thin curved strokes: a cubic Bezier curve through the region frame, 1-3 px wide. (P, H, W) -> bool.
+
+    Control points lie in [-2, 2]^2 of the region frame, so a stroke spans up to twice the region's extent
+    while covering only a few hundred pixels. The curve is sampled densely, scattered into the mask and
+    dilated; pixel positions are found from (u, v) themselves, so no second copy of the frame is needed.
+    """
+    p = len(u)
+    ctrl = _uniform((p, 4, 2), -2.0, 2.0, u, gen)  # (P, 4, 2) control points in the region frame
+    width = torch.randint(1, 4, (p,), device=u.device, generator=gen)  # px
+    n = 4 * (h + w)  # dense enough that 1 px curves have no gaps
+    t = torch.linspace(0, 1, n, device=u.device, dtype=u.dtype).view(1, n, 1)
+    bernstein = torch.cat([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3], dim=2)  # (1, n, 4)
+    curve = bernstein @ ctrl  # (P, n, 2) points in (u, v)
+    # Back to pixels: the frame is affine in (x, y), so three pixels of (u, v) give the map exactly.
+    u0, ux, uy = u[:, 0, 0], u[:, 0, 1] - u[:, 0, 0], u[:, 1, 0] - u[:, 0, 0]  # u = u0 + ux*x + uy*y
+    v0, vx, vy = v[:, 0, 0], v[:, 0, 1] - v[:, 0, 0], v[:, 1, 0] - v[:, 0, 0]
+    det = (ux * vy - uy * vx).view(p, 1)
+    du, dv = curve[..., 0] - u0.view(p, 1), curve[..., 1] - v0.view(p, 1)
+    x = ((vy.view(p, 1) * du - uy.view(p, 1) * dv) / det).round().long()  # (P, n)
+    y = ((ux.view(p, 1) * dv - vx.view(p, 1) * du) / det).round().long()
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    flat = torch.where(inside, y * w + x, h * w)  # outside points go to a spare column, dropped below
+    line = torch.zeros(p, h * w + 1, device=u.device, dtype=u.dtype).scatter_(1, flat, 1.0)
+    line = line[:, : h * w].view(p, 1, h, w)
+    out = torch.zeros(p, h, w, dtype=torch.bool, device=u.device)
+    for k in (1, 2, 3):
+        pick = (width == k).nonzero().squeeze(1)
+        if pick.numel():
+            padded = F.pad(line[pick], ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))
+            out[pick] = F.max_pool2d(padded, k, stride=1)[:, 0] > 0
+    return out
+
+
+def _plasma(u: Tensor, v: Tensor, gen) -> Tensor:
+    """Smooth fractal noise (3 octaves, Perlin/plasma-like) thresholded inside the square |u|, |v| <= 1."""
+    grid = torch.stack([u, v], dim=-1)  # (P, H, W, 2)
+    noise = torch.zeros_like(u)
+    for octave in range(3):
+        cells = 4 * 2**octave
+        lattice = torch.rand(len(u), 1, cells, cells, device=u.device, generator=gen)
+        noise += 0.5**octave * F.grid_sample(lattice, grid, mode="bicubic", align_corners=True)[:, 0]
+    level = _uniform((len(u), 1, 1), 0.5, 0.6, u, gen)  # a 0.5-0.6 threshold of the [0, 1] noise
+    return (torch.maximum(u.abs(), v.abs()) <= 1) & (noise / 1.75 > level)
+
+
+def _photometric(src: Tensor, gen) -> Tensor:
+    """The image itself with a local brightness, contrast and colour change: (N, C, H, W) -> same."""
+    n, c = src.shape[:2]
+    contrast = _uniform((n, 1, 1, 1), math.log(0.3), math.log(1.6), src, gen).exp()
+    sign = torch.where(torch.rand(n, 1, 1, 1, device=src.device, generator=gen) < 0.5, -1.0, 1.0)
+    shift = sign * _uniform((n, 1, 1, 1), 0.08, 0.3, src, gen)  # never ~0: the region always changes
+    colour = _uniform((n, c, 1, 1), -0.1, 0.1, src, gen) if c > 1 else 0.0  # tint of colour images
+    mean = src.mean(dim=(1, 2, 3), keepdim=True)
+    return ((src - mean) * contrast + mean + shift + colour).clamp(0, 1)
+
+
+def _missing(n: int, c: int, h: int, w: int, like: Tensor, gen) -> Tensor:
+    """Missing material: a flat dark (0-0.15) or bright (0.85-1) tone, the same in every channel, + noise."""
+    dark = torch.rand(n, 1, 1, 1, device=like.device, generator=gen) < 0.5
+    tone = torch.where(
+        dark, _uniform((n, 1, 1, 1), 0.0, 0.15, like, gen), _uniform((n, 1, 1, 1), 0.85, 1.0, like, gen)
+    )
+    noise = 0.02 * torch.randn(n, 1, h, w, device=like.device, generator=gen)
+    return (tone + noise).clamp(0, 1).expand(n, c, h, w)
 
 
 def _random_warp(src: Tensor, min_scale_change: float, elastic: float, gen) -> Tensor:

@@ -1,9 +1,18 @@
 """Synthetic test-time defects for the texture demo: images (H, W, C) uint8 -> (defect image, exact mask).
 
-This code shares nothing with `anomaly_ae.corruption` on purpose: training pastes rectangles, ellipses,
-polygons and noise blobs of foreign content, while these defects are thin curves, wobbly photometric
-stains, branching random walks and clusters of discs, so the demo does not reward a model for having
-memorised its own training corruption.
+This code shares nothing with `anomaly_ae.corruption` on purpose, so the demo does not reward a model for
+having memorised its own training corruption. Each family is its own mechanism (and its own `test/<name>/`
+folder, so it is scored separately):
+- scratch:     thin curved strokes (Bezier curves, 1-3 px) of a bright or dark tone;
+- stain:       local brightness and contrast change inside a wobbly soft-edged outline;
+- crack:       dark branching random walks, 1-2 px;
+- hole:        missing material: a chain of discs of a flat dark or bright tone;
+- smudge:      loss of detail: the texture blurred and its contrast flattened inside a wobbly outline;
+- misoriented: a patch of the same texture rotated by a non-right angle and rescaled (misplaced material);
+- particles:   foreign particles: a cluster of small compact blobs of a foreign colour or intensity.
+The default training corruption (`anomaly_ae.corruption`, shapes rectangle/ellipse/polygon/blob, fills
+batch/self/texture) comes closest to `misoriented` (its `self` source) and to `hole`/`particles` (flat or
+synthetic fills); it draws no thin strokes and no photometric-only changes (stain, smudge).
 """
 
 from __future__ import annotations
@@ -137,4 +146,98 @@ def hole(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return commit(base, target, region)
 
 
-DEFECTS: dict[str, Defect] = {"scratch": scratch, "stain": stain, "crack": crack, "hole": hole}
+def _wobbly_region(
+    h: int, w: int, rng: np.random.Generator, lo: float, hi: float
+) -> tuple[np.ndarray, float]:
+    """A smooth soft-edged star-shaped blob: (alpha (H, W) in [0, 1], radius in px)."""
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    radius = rng.uniform(lo, hi) * min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rho, theta = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx)
+    wobble = sum(
+        rng.uniform(0.0, 0.25 / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)
+    )
+    alpha = np.clip((radius * (1.0 + wobble) - rho) / max(2.0, 0.3 * radius), 0.0, 1.0)
+    alpha = alpha * alpha * (3 - 2 * alpha)  # smoothstep rim
+    return np.where(alpha >= 0.2, alpha, 0.0), radius  # faint rim thresholded away: mask = visible change
+
+
+def smudge(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Loss of detail: inside a wobbly soft-edged outline the texture is blurred and its contrast flattened.
+
+    The mean brightness stays (nearly) the same: only the structure goes, so intensity alone does not tell.
+    """
+    h, w = base.shape[:2]
+    alpha, radius = _wobbly_region(h, w, rng, 0.08, 0.2)
+    region = alpha > 0.0
+    sigma = rng.uniform(0.04, 0.1) * radius + 1.5  # blur scale grows with the smudge
+    blurred = ndimage.gaussian_filter(base.astype(np.float32), sigma=(sigma, sigma, 0), mode="reflect")
+    mean = blurred[region].mean(axis=0) if region.any() else blurred.mean(axis=(0, 1))
+    flat = mean + rng.uniform(0.2, 0.6) * (blurred - mean)  # contrast towards the local mean
+    target = base + alpha[..., None] * (flat - base)
+    return commit(base, target, region)
+
+
+def misoriented(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Misplaced material: a patch of the same texture, rotated by a non-right angle and rescaled.
+
+    The source is the image itself, seen through a rotation of 20-70 degrees (plus a multiple of 90) about
+    another centre and a scale of 0.6-0.8 or 1.3-1.8, pasted with a hard edge inside a wobbly outline.
+    """
+    h, w = base.shape[:2]
+    alpha, _ = _wobbly_region(h, w, rng, 0.1, 0.22)
+    region = alpha > 0.0
+    angle = np.deg2rad(rng.uniform(20, 70) + 90 * rng.integers(0, 4))  # never a right angle
+    scale = rng.choice([rng.uniform(0.6, 0.8), rng.uniform(1.3, 1.8)])  # never ~1
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale  # output -> input coordinates
+    matrix = np.array([[cos, -sin], [sin, cos]])
+    source_centre = rng.uniform(0.25, 0.75, 2) * (h, w)  # "from elsewhere": another part of the image
+    offset = source_centre - matrix @ (np.array([h, w]) / 2)
+    warped = np.stack(
+        [
+            ndimage.affine_transform(base[..., k].astype(np.float32), matrix, offset, order=1, mode="mirror")
+            for k in range(base.shape[2])
+        ],
+        axis=-1,
+    )
+    target = np.where(region[..., None], warped, base)  # hard edge: the patch is material, not a tint
+    return commit(base, target, region)
+
+
+def particles(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Foreign particles: a cluster of 4-12 small compact blobs (radius 1-4 % of the side) of a foreign tone.
+
+    Grey images get a tone far from the local brightness; colour images a saturated colour far from it.
+    """
+    h, w = base.shape[:2]
+    side = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    spread = rng.uniform(0.03, 0.08) * side
+    region, shade = np.zeros((h, w), bool), np.zeros((h, w), np.float32)
+    for _ in range(rng.integers(4, 13)):
+        py, px = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
+        r = max(1.2, rng.uniform(0.01, 0.04) * side)
+        d2 = ((yy - py) ** 2 + (xx - px) ** 2) / r**2
+        blob = d2 <= 1.0
+        region |= blob
+        shade = np.maximum(shade, np.where(blob, 1.0 - 0.3 * d2, 0.0))  # rounded: brighter centre
+    local = base[region].astype(np.float32).mean(axis=0) if region.any() else np.full(base.shape[2], 128.0)
+    if base.shape[2] == 1:
+        tone = np.array([20.0 if local[0] > 128 else 235.0]) + rng.uniform(-15, 15)
+    else:
+        tone = np.clip(255.0 - local + rng.uniform(-40, 40, base.shape[2]), 0, 255)  # complementary colour
+        tone[rng.integers(0, 3)] = rng.choice([20.0, 235.0])  # saturate one channel
+    target = tone * (0.75 + 0.25 * shade[..., None])
+    return commit(base, target, region)
+
+
+DEFECTS: dict[str, Defect] = {
+    "scratch": scratch,
+    "stain": stain,
+    "crack": crack,
+    "hole": hole,
+    "smudge": smudge,
+    "misoriented": misoriented,
+    "particles": particles,
+}

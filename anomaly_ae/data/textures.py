@@ -10,8 +10,15 @@ Split: train crops come from the top rows of the photo, all test crops (good and
 bottom `max(size, 30 %)` rows; no crop straddles the boundary (see `crop_plan`). A 512 px photo holds few
 disjoint 256 px crops, so crops inside one region overlap (random positions) and each gets a seeded random
 horizontal/vertical flip; no rotations, because brick joints have an orientation. Grayscale stays 1-channel.
-Defects (scratch, stain, crack, hole) come from `anomaly_ae.data.defects`, independent of the training
-corruption; masks are 0/255 and mark exactly the changed pixels.
+Defects (scratch, stain, crack, hole, smudge, misoriented, particles) come from `anomaly_ae.data.defects`,
+independent of the training corruption, one `test/<family>/` folder each so every family is scored on its
+own; masks are 0/255 and mark exactly the changed pixels.
+
+More real material was looked for and not found under a licence that fits at >= 256 px: GIMP's
+pattern sets (Debian `gimp-data`, `gimp-data-extras`: tiles of 64-256 px, GPL), Sweet Home 3D's textures
+(Debian `sweethome3d`: 256 px tiles, GPL-2+), game texture packages (`ufoai-textures`, `nexuiz-textures`,
+`openarena-081-textures`: GPL, not inspected further), scikit-image's other shipped photos (`moon`: no licence
+stated; `immunohistochemistry`: tissue, "no known copyright restrictions"). So the categories stay three.
 
 Layout under `root/<category>/`: train/good/NNN.png, test/good/NNN.png, test/<defect>/NNN.png,
 ground_truth/<defect>/NNN_mask.png, and `.complete` (written last; holds the build parameters).
@@ -34,11 +41,12 @@ from PIL import Image, ImageDraw
 
 from anomaly_ae.data.defects import DEFECTS
 from anomaly_ae.data.mvtec import MVTecDataModule
+from anomaly_ae.optional import require
 
 TEXTURES: dict[str, str] = {"brick": "brick", "grass": "grass", "gravel": "gravel"}
 DEFECT_TYPES: tuple[str, ...] = tuple(DEFECTS)
 MARKER = ".complete"
-_VERSION = 1  # bump whenever the generated pixels change, so cached trees are rebuilt
+_VERSION = 2  # bump whenever the generated pixels change, so cached trees are rebuilt (2: 3 new families)
 _TEST_FRACTION = 0.3
 
 
@@ -60,9 +68,9 @@ def load_photo(category: str) -> np.ndarray:
     """Source photo of a category as (H, W, C) uint8."""
     if category not in TEXTURES:
         raise ValueError(f"unknown texture category {category!r}; choose from {sorted(TEXTURES)}")
-    import skimage.data  # imported here: only this demo needs it, and it is slow to import
-
-    photo = np.asarray(getattr(skimage.data, TEXTURES[category])())
+    # Imported here: only this demo needs it, and it is slow to import.
+    photos = require("skimage.data", "demo")
+    photo = np.asarray(getattr(photos, TEXTURES[category])())
     return photo[..., None] if photo.ndim == 2 else photo[..., :3]
 
 

@@ -68,7 +68,7 @@ def test_mask_area_matches_the_region_size(shape, area_factor):
 
 
 def test_every_shape_is_drawn_and_non_empty():
-    corruption = StructuredCorruption(p_corrupt=1.0, min_size=0.2, max_size=0.25)
+    corruption = StructuredCorruption(p_corrupt=1.0, min_size=0.2, max_size=0.25, shapes=SHAPES)
     regions = corruption.sample_regions(64, 64, 64, torch.empty(0), generator()).used()
     masks = region_masks(regions, SHAPES, 64, 64, generator())
     for index, name in enumerate(SHAPES):
@@ -129,3 +129,89 @@ def test_aspect_ratio_range_follows_max_aspect():
     assert aspect.abs().max() > math.log(7.0)  # the range is used, not just allowed
     with pytest.raises(ValueError, match=r"corruption.max_aspect=0.5 must be >= 1"):
         StructuredCorruption(max_aspect=0.5)
+
+
+# The later families (off by default): thin strokes, fractal-noise regions, photometric and missing fills.
+NEW_FAMILIES = [
+    {"shapes": ["stroke"]},
+    {"shapes": ["plasma"]},
+    {"sources": ["photometric"]},
+    {"sources": ["missing"]},
+]
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES, ids=lambda f: next(iter(f.values()))[0])
+def test_new_family_is_reproducible_and_changes_exactly_the_masked_pixels(family):
+    images = torch.rand(16, 3, 64, 64)
+    corruption = StructuredCorruption(p_corrupt=1.0, **family)
+    a, mask_a = corruption(images, generator(5))
+    b, mask_b = corruption(images, generator(5))
+    c, _ = corruption(images, generator(6))
+    assert torch.equal(a, b) and torch.equal(mask_a, mask_b) and not torch.equal(a, c)
+    assert mask_a.sum() > 0
+    assert ((a - images).abs() * (1 - mask_a)).max() == 0  # nothing changes outside the mask
+    changed = (a - images).abs().amax(dim=1, keepdim=True) > 0
+    assert changed[mask_a.bool()].float().mean() > 0.99  # and (almost) every masked pixel changes
+
+
+def test_default_stream_is_unchanged_by_the_new_families():
+    """Listing the old shapes and sources explicitly gives bit-identical output: old runs reproduce."""
+    images = torch.rand(8, 3, 32, 32)
+    old = StructuredCorruption(
+        shapes=("rectangle", "ellipse", "polygon", "blob"), sources=("batch", "self", "texture")
+    )
+    assert torch.equal(StructuredCorruption()(images, generator(2))[0], old(images, generator(2))[0])
+
+
+def _boundary_pixels(masks: torch.Tensor) -> torch.Tensor:
+    """Per mask, the count of mask pixels with a 4-neighbour outside the mask (image border = outside)."""
+    padded = torch.nn.functional.pad(masks[:, None].float(), (1, 1, 1, 1))
+    cross = (
+        padded[:, 0, :-2, 1:-1] * padded[:, 0, 2:, 1:-1] * padded[:, 0, 1:-1, :-2] * padded[:, 0, 1:-1, 2:]
+    )
+    return (masks.float() * (1 - cross)).sum(dim=(1, 2))
+
+
+def test_stroke_masks_are_thin_and_plasma_masks_are_fragmented():
+    from scipy import ndimage
+
+    shapes = ["stroke", "plasma", "ellipse"]
+    corruption = StructuredCorruption(p_corrupt=1.0, shapes=shapes, min_size=0.15, max_size=0.25)
+    regions = corruption.sample_regions(300, 128, 128, torch.empty(0), generator()).used()
+    masks = region_masks(regions, shapes, 128, 128, generator())
+    area = masks.sum(dim=(1, 2)).float()
+    ratio = area / _boundary_pixels(masks).clamp(min=1)  # area / perimeter in px: about half the width
+    stroke, plasma, ellipse = ((regions.shape == k) & (area > 0) for k in range(3))
+    assert stroke.sum() > 50 and plasma.sum() > 50 and ellipse.sum() > 50
+    # 1-3 px wide curves (a tight loop of a 3 px curve can fill in, hence the 95th percentile)
+    assert ratio[stroke].quantile(0.95) <= 2.5 and ratio[stroke].median() <= 1.6
+    assert ratio[ellipse].median() > 2 * ratio[stroke].median()  # same envelopes, filled: far thicker
+    assert (area[stroke] / 128**2).max() < 0.03  # a few hundred pixels at most
+    extent = torch.maximum(masks.any(dim=2).sum(dim=1), masks.any(dim=1).sum(dim=1)).float()
+    assert (extent[stroke] > 4 * ratio[stroke]).float().mean() > 0.9  # long compared with their width
+    # Plasma: fractal outlines, often in several pieces, inside the region's square; ellipses: one piece.
+    pieces = torch.tensor([ndimage.label(m.numpy())[1] for m in masks])
+    assert (pieces[plasma] > 1).float().mean() > 0.3 and (pieces[ellipse] == 1).all()
+    assert (_boundary_pixels(masks) / area.clamp(min=1))[plasma].median() > (
+        _boundary_pixels(masks) / area.clamp(min=1)
+    )[ellipse].median()
+
+
+def test_missing_material_is_dark_or_bright_and_photometric_keeps_the_structure():
+    images = 0.3 + 0.4 * torch.rand(32, 1, 64, 64)  # mid-grey texture in [0.3, 0.7]
+    missing = StructuredCorruption(p_corrupt=1.0, sources=["missing"], alpha_min=1.0, jitter=0.0)
+    corrupted, mask = missing(images, generator())
+    values = corrupted[mask.bool()]
+    assert ((values < 0.25) | (values > 0.75)).float().mean() > 0.95
+    photometric = StructuredCorruption(
+        p_corrupt=1.0, shapes=["rectangle"], sources=["photometric"], alpha_min=1.0, jitter=0.0, min_size=0.3,
+        max_size=0.3, max_regions=1,
+    )  # fmt: skip
+    corrupted, mask = photometric(images, generator())
+    for k in range(len(images)):  # inside the region: an affine function of the original pixels
+        inside = mask[k, 0].bool()
+        x, y = images[k, 0][inside], corrupted[k, 0][inside]
+        unclipped = (y > 0) & (y < 1)
+        corr = torch.corrcoef(torch.stack([x[unclipped], y[unclipped]]))[0, 1]
+        assert corr > 0.999
+        assert (y - x).abs().mean() > 0.03

@@ -192,3 +192,60 @@ def test_textures_data_config_builds_and_serves_the_category(tmp_path):
     metrics = fit(compose_config(overrides))
     assert (tmp_path / "tex/gravel/.complete").is_file()
     assert 0 <= metrics["test/pixel_aupro"] <= 1  # real masks: pixel metrics are computed
+
+
+@pytest.mark.parametrize("name", DEFECT_TYPES)
+def test_each_family_is_reproducible_from_its_seed(name: str) -> None:
+    base = np.ascontiguousarray(textures.load_photo("gravel")[-128:, :128])
+    a, mask_a = DEFECTS[name](base, np.random.default_rng(7))
+    b, mask_b = DEFECTS[name](base, np.random.default_rng(7))
+    c, _ = DEFECTS[name](base, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(mask_a, mask_b)
+    assert not np.array_equal(a, c)
+
+
+def _photo_crop(category: str = "gravel", size: int = 256) -> np.ndarray:
+    return np.ascontiguousarray(textures.load_photo(category)[-size:, :size])
+
+
+def test_smudge_removes_structure_but_keeps_brightness() -> None:
+    from anomaly_ae.data.defects import smudge
+
+    base = _photo_crop()
+    for seed in range(5):
+        image, mask = smudge(base, np.random.default_rng(seed))
+        before, after = base[mask].astype(float), image[mask].astype(float)
+        assert after.std() < 0.7 * before.std()  # detail and contrast are gone ...
+        assert abs(after.mean() - before.mean()) < 10  # ... the mean tone is not (not a stain)
+
+
+def test_misoriented_patch_is_the_texture_itself_not_a_tint() -> None:
+    from anomaly_ae.data.defects import misoriented
+
+    base = _photo_crop()
+    for seed in range(5):
+        image, mask = misoriented(base, np.random.default_rng(seed))
+        assert 0.02 < mask.mean() < 0.25
+        before, after = base[mask].astype(float), image[mask].astype(float)
+        # Same material: grey-level statistics of the patch are those of the photo, pixels are not.
+        assert abs(after.mean() - base.mean()) < 0.25 * base.std()
+        assert 0.5 < after.std() / base.std() < 1.5
+        assert np.abs(after - before).mean() > 0.3 * base.std()
+
+
+def test_particles_are_a_cluster_of_small_compact_blobs_of_a_foreign_tone() -> None:
+    from scipy import ndimage
+
+    from anomaly_ae.data.defects import particles
+
+    for channels, base in ((1, _photo_crop()), (3, np.repeat(_photo_crop("brick"), 3, axis=-1))):
+        for seed in range(5):
+            image, mask = particles(base, np.random.default_rng(seed))
+            labels, count = ndimage.label(mask)
+            assert 1 <= count <= 12
+            assert mask.mean() < 0.06  # small: a few % of the image at most
+            rows, cols = np.nonzero(mask)
+            assert max(np.ptp(rows), np.ptp(cols)) < 0.6 * base.shape[0]  # one cluster, not scattered
+            foreign = np.abs(image[mask].astype(float) - base[mask].astype(float)).mean()
+            assert foreign > 40, (channels, seed, foreign)
