@@ -33,7 +33,7 @@ class AnomalyAE(L.LightningModule):
         model: kwargs of the autoencoder, with `_target_`.
         corruption: kwargs of the training corruption, with `_target_`; None trains a plain autoencoder.
         optim: lr, betas, weight_decay, scheduler ("cosine" or "none"), warmup_steps.
-        score: the AnomalyScorer's options (sigma, reduction, topk).
+        score: the AnomalyScorer's options (sigma, reduction, topk, normalize, flip_average).
         loss: clean_weight (None: plain MSE over the image).
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
@@ -76,6 +76,7 @@ class AnomalyAE(L.LightningModule):
         self.threshold_source = {"image": "not fitted", "pixel": "not fitted"}
         self._generator: torch.Generator | None = None
         self._resumed_generator_state: Tensor | None = None
+        self._residual_sums: Tensor | None = None  # (3, S, S) float64: count, sum, sum of squares
 
     @property
     def autoencoder(self) -> torch.nn.Module:
@@ -101,6 +102,7 @@ class AnomalyAE(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_CORRUPTION_SEED)
+        self._residual_sums = None
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = as_float(batch["image"])
@@ -151,6 +153,14 @@ class AnomalyAE(L.LightningModule):
         corrupted = batch["corruption_mask"].flatten(1).any(dim=1)
         self.val_image.update(self.scorer.image_score(maps), corrupted)
         self.val_pixel.update(maps, batch["corruption_mask"][:, 0])
+        if self.scorer.normalize != "none" and not self.trainer.sanity_checking:
+            self._accumulate_clean_residuals(batch["image"])
+
+    def _accumulate_clean_residuals(self, images: Tensor) -> None:
+        """Per-pixel sums of the residual of clean validation images (never test data), for normalisation."""
+        residual = self.scorer.residual(images).double()  # float64: the variance is a difference of sums
+        sums = torch.stack([torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)])
+        self._residual_sums = sums if self._residual_sums is None else self._residual_sums + sums
 
     def on_validation_epoch_end(self) -> None:
         image, pixel = self.val_image.compute(), self.val_pixel.compute()
@@ -167,6 +177,12 @@ class AnomalyAE(L.LightningModule):
         self.pixel_threshold.fill_(pixel_threshold)
         for metric in (self.val_image, self.val_pixel):
             metric.reset()
+        if self._residual_sums is not None:
+            # Set after this epoch's metrics, which used the previous validation's statistics (mean 0 and
+            # std 1 before the first), so that the checkpoint saved next carries statistics of its weights.
+            count, total, total_sq = self.trainer.strategy.reduce(self._residual_sums, reduce_op="sum")
+            self.scorer.fit_normalization(total, total_sq, float(count[0, 0]))
+            self._residual_sums = None
 
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         images = batch["image"]
