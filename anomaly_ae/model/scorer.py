@@ -113,7 +113,11 @@ class AnomalyScorer(nn.Module):
         Normalising then smoothing the flip-averaged residual equals averaging the two normalised,
         smoothed maps: both steps are linear per pixel and the symmetric kernel commutes with the flip.
         """
-        return smooth(self.normalized(self.residual(images, reconstructions)), self.sigma, self.kernel)
+        return self.residual_to_map(self.residual(images, reconstructions))
+
+    def residual_to_map(self, residual: Tensor) -> Tensor:
+        """(N, H, W) residual from `residual` -> (N, H, W) anomaly maps: normalised, then smoothed."""
+        return smooth(self.normalized(residual), self.sigma, self.kernel)
 
     def image_score(self, maps: Tensor) -> Tensor:
         """(N, H, W) anomaly maps -> (N,) image scores."""

@@ -77,6 +77,7 @@ class AnomalyAE(L.LightningModule):
         self._generator: torch.Generator | None = None
         self._resumed_generator_state: Tensor | None = None
         self._residual_sums: Tensor | None = None  # (3, S, S) float64: count, sum, sum of squares
+        self._pending_residuals: list[tuple[Tensor, Tensor]] = []  # validation residuals and masks
 
     @property
     def autoencoder(self) -> torch.nn.Module:
@@ -102,7 +103,7 @@ class AnomalyAE(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_CORRUPTION_SEED)
-        self._residual_sums = None
+        self._residual_sums, self._pending_residuals = None, []
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = as_float(batch["image"])
@@ -149,12 +150,19 @@ class AnomalyAE(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         reconstructions = self.autoencoder(batch["input"])
         self.log("val/loss", self._loss(reconstructions, batch), batch_size=len(reconstructions))
-        maps = self.scorer.anomaly_map(batch["input"], reconstructions)
-        corrupted = batch["corruption_mask"].flatten(1).any(dim=1)
-        self.val_image.update(self.scorer.image_score(maps), corrupted)
-        self.val_pixel.update(maps, batch["corruption_mask"][:, 0])
-        if self.scorer.normalize != "none" and not self.trainer.sanity_checking:
-            self._accumulate_clean_residuals(batch["image"])
+        masks = batch["corruption_mask"][:, 0]
+        if self.scorer.normalize == "none" or self.trainer.sanity_checking:
+            self._update_val_metrics(self.scorer.anomaly_map(batch["input"], reconstructions), masks)
+            return
+        self._accumulate_clean_residuals(batch["image"])
+        # Scored at the epoch's end, once this validation's statistics are fitted: metrics and thresholds
+        # then use the statistics the checkpoint saves. Costs (N_val, S, S) floats per rank until then.
+        self._pending_residuals.append((self.scorer.residual(batch["input"], reconstructions), masks))
+
+    def _update_val_metrics(self, maps: Tensor, masks: Tensor) -> None:
+        """(N, H, W) maps of corrupted validation images and their (N, H, W) corruption masks."""
+        self.val_image.update(self.scorer.image_score(maps), masks.flatten(1).any(dim=1))
+        self.val_pixel.update(maps, masks)
 
     def _accumulate_clean_residuals(self, images: Tensor) -> None:
         """Per-pixel sums of the residual of clean validation images (never test data), for normalisation."""
@@ -163,6 +171,12 @@ class AnomalyAE(L.LightningModule):
         self._residual_sums = sums if self._residual_sums is None else self._residual_sums + sums
 
     def on_validation_epoch_end(self) -> None:
+        if self._residual_sums is not None:  # before the metrics: they score with the new statistics
+            count, total, total_sq = self.trainer.strategy.reduce(self._residual_sums, reduce_op="sum")
+            self.scorer.fit_normalization(total, total_sq, float(count[0, 0]))
+            for residual, masks in self._pending_residuals:
+                self._update_val_metrics(self.scorer.residual_to_map(residual), masks)
+            self._residual_sums, self._pending_residuals = None, []
         image, pixel = self.val_image.compute(), self.val_pixel.compute()
         values = {f"val/{k}": v for k, v in (image | pixel).items() if k != "image_f1_threshold"}
         self.log("val/pixel_auroc", values.pop("val/pixel_auroc"), prog_bar=True)  # selects the checkpoint
@@ -177,12 +191,6 @@ class AnomalyAE(L.LightningModule):
         self.pixel_threshold.fill_(pixel_threshold)
         for metric in (self.val_image, self.val_pixel):
             metric.reset()
-        if self._residual_sums is not None:
-            # Set after this epoch's metrics, which used the previous validation's statistics (mean 0 and
-            # std 1 before the first), so that the checkpoint saved next carries statistics of its weights.
-            count, total, total_sq = self.trainer.strategy.reduce(self._residual_sums, reduce_op="sum")
-            self.scorer.fit_normalization(total, total_sq, float(count[0, 0]))
-            self._residual_sums = None
 
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         images = batch["image"]

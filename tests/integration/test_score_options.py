@@ -1,4 +1,4 @@
-"""score.normalize=pixel and score.flip_average through a real fit: statistics fitted on clean validation."""
+"""score.normalize=pixel and score.flip_average through a real fit: statistics of clean validation images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch
 from hydra.utils import instantiate
 
 from anomaly_ae.cli.train import fit
+from anomaly_ae.evaluation.thresholds import fit_image_threshold
 from anomaly_ae.inference.loading import load_module
+from anomaly_ae.training.module import VAL_CORRUPTION_SEED
 from tests.helpers import compose_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,3 +45,13 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
     expected_std = residual.std(0, correction=0).float()
     unclamped = expected_std > 0.01 * expected_std.mean()
     assert torch.allclose(std[unclamped], expected_std[unclamped], rtol=1e-3, atol=1e-7)
+
+    # The validation's threshold was fitted on maps scored with these same statistics, not older ones:
+    # refitting it from the saved scorer on the same pseudo-defects gives the saved value.
+    generator = torch.Generator().manual_seed(VAL_CORRUPTION_SEED)
+    with torch.no_grad():
+        corrupted = [module.val_corruption(images, generator) for images in batches]
+        scores = torch.cat([scorer(images)[1] for images, _ in corrupted])
+    flags = torch.cat([mask.flatten(1).any(dim=1) for _, mask in corrupted])
+    threshold, source = fit_image_threshold(scores, flags, "f1", 0.99)
+    assert source.startswith("f1") and float(module.image_threshold) == pytest.approx(threshold, rel=1e-5)
