@@ -11,19 +11,31 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from anomaly_ae.model.scoring import gaussian_kernel, image_score, residual_map, smooth, smoothing_radius
+from anomaly_ae.model.scoring import (
+    NORMALIZATIONS,
+    gaussian_kernel,
+    image_score,
+    residual_map,
+    residual_statistics,
+    smooth,
+    smoothing_radius,
+)
 
-DEFAULT_SCORE = {"sigma": 4.0, "reduction": "max", "topk": 100}
+DEFAULT_SCORE = {"sigma": 4.0, "reduction": "max", "topk": 100, "normalize": "none", "flip_average": False}
 
 
 class AnomalyScorer(nn.Module):
-    """Autoencoder -> squared residual (channel mean) -> Gaussian smoothing -> image score.
+    """Autoencoder -> squared residual (channel mean) -> [per-pixel z-score] -> Gaussian smoothing -> score.
 
     Args:
         autoencoder: maps (N, C, H, W) images in [0, 1] to reconstructions of the same shape.
         sigma: smoothing in pixels at the model input size; 0 disables it.
         reduction: image score from the smoothed map: max, topk_mean or mean.
         image_size: the input size, when known: the smoothing kernel is then precomputed once.
+        normalize: none, or pixel: the residual becomes (r - mean) / std with per-pixel statistics of clean
+            validation images (`fit_normalization`); needs image_size.
+        flip_average: the residual is the mean of that of the image and the re-flipped residual of the
+            horizontally flipped image (test-time augmentation, a second autoencoder pass).
     """
 
     def __init__(
@@ -33,32 +45,88 @@ class AnomalyScorer(nn.Module):
         reduction: str = "max",
         topk: int = 100,
         image_size: int | None = None,
+        normalize: str = "none",
+        flip_average: bool = False,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.sigma, self.reduction, self.topk = float(sigma), reduction, int(topk)
+        self.normalize, self.flip_average = normalize, bool(flip_average)
         image_score(torch.zeros(1, 1, 1), reduction, topk)  # unknown reductions fail here, not after training
         kernel = gaussian_kernel(self.sigma, smoothing_radius(self.sigma, image_size)) if image_size else None
         # Not persistent: derived from sigma, so checkpoints keep only the autoencoder's weights.
         self.register_buffer("kernel", kernel, persistent=False)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"score.normalize={normalize!r} is not one of {NORMALIZATIONS}")
+        if normalize == "pixel":
+            if not image_size:
+                raise ValueError("score.normalize=pixel needs the model input size (image_size)")
+            # Persistent, and registered only here: checkpoints carry the fitted statistics, while those
+            # written with normalize=none keep their keys and load strictly. Mean 0, std 1 until fitted.
+            self.register_buffer("residual_mean", torch.zeros(image_size, image_size))
+            self.register_buffer("residual_std", torch.ones(image_size, image_size))
 
     @classmethod
     def from_config(
         cls, autoencoder: nn.Module, score: Mapping, image_size: int | None = None
     ) -> AnomalyScorer:
-        """From a `score:` config (sigma, reduction, topk); missing keys take the defaults."""
-        options = {**DEFAULT_SCORE, **dict(score)}
-        return cls(autoencoder, options["sigma"], options["reduction"], options["topk"], image_size)
+        """From a `score:` config (sigma, reduction, topk, normalize, flip_average); missing keys: default."""
+        o = {**DEFAULT_SCORE, **dict(score)}
+        return cls(
+            autoencoder, o["sigma"], o["reduction"], o["topk"], image_size, o["normalize"], o["flip_average"]
+        )
 
-    def anomaly_map(self, images: Tensor, reconstructions: Tensor) -> Tensor:
-        """(N, C, H, W) images and reconstructions -> (N, H, W) smoothed anomaly maps."""
-        return smooth(residual_map(images, reconstructions), self.sigma, self.kernel)
+    def residual(self, images: Tensor, reconstructions: Tensor | None = None) -> Tensor:
+        """(N, C, H, W) images -> (N, H, W) squared residual before normalisation and smoothing.
+
+        `reconstructions` of `images`, when the caller has them, save one autoencoder pass.
+        """
+        if reconstructions is None:
+            reconstructions = self.autoencoder(images)
+        residual = residual_map(images, reconstructions)
+        if self.flip_average:  # flipped back, so both terms describe the same pixel of `images`
+            flipped = images.flip(-1)
+            residual = 0.5 * (residual + residual_map(flipped, self.autoencoder(flipped)).flip(-1))
+        return residual
+
+    def normalized(self, residual: Tensor) -> Tensor:
+        """(N, H, W) residual -> z-scores against clean validation images when normalize=pixel."""
+        if self.normalize == "none":
+            return residual
+        if residual.shape[-2:] != self.residual_mean.shape:
+            raise ValueError(
+                f"score.normalize=pixel holds statistics at {tuple(self.residual_mean.shape)}; "
+                f"got maps of {tuple(residual.shape[-2:])}: score images at the model input size"
+            )
+        return (residual - self.residual_mean) / self.residual_std
+
+    @torch.no_grad()
+    def fit_normalization(self, total: Tensor, total_sq: Tensor, count: float) -> None:
+        """Set the per-pixel statistics from (H, W) sums and sums of squares of `count` clean residuals."""
+        mean, std = residual_statistics(total, total_sq, count)
+        self.residual_mean.copy_(mean)
+        self.residual_std.copy_(std)
+
+    def anomaly_map(self, images: Tensor, reconstructions: Tensor | None = None) -> Tensor:
+        """(N, C, H, W) images [and their reconstructions] -> (N, H, W) smoothed anomaly maps.
+
+        Normalising then smoothing the flip-averaged residual equals averaging the two normalised,
+        smoothed maps: both steps are linear per pixel and the symmetric kernel commutes with the flip.
+        """
+        return self.residual_to_map(self.residual(images, reconstructions))
+
+    def residual_to_map(self, residual: Tensor) -> Tensor:
+        """(N, H, W) residual from `residual` -> (N, H, W) anomaly maps: normalised, then smoothed."""
+        return smooth(self.normalized(residual), self.sigma, self.kernel)
 
     def image_score(self, maps: Tensor) -> Tensor:
         """(N, H, W) anomaly maps -> (N,) image scores."""
         return image_score(maps, self.reduction, self.topk)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,)); one forward pass."""
-        maps = self.anomaly_map(images, self.autoencoder(images))
+        """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,)).
+
+        One autoencoder pass, two with flip_average.
+        """
+        maps = self.anomaly_map(images)
         return maps, self.image_score(maps)

@@ -9,6 +9,11 @@ from kornia.filters import get_gaussian_kernel1d
 from torch import Tensor
 
 REDUCTIONS = ("max", "topk_mean", "mean")
+NORMALIZATIONS = ("none", "pixel")
+# A pixel whose clean residual barely varies (a background the autoencoder copies exactly) would get a
+# near-zero std and turn any tiny deviation into a huge z-score that dominates the max; 1 % of the mean std
+# bounds that gain at 100x the typical pixel's.
+MIN_STD_FRACTION = 0.01
 
 
 def smoothing_radius(sigma: float, size: int) -> int:
@@ -47,6 +52,17 @@ def residual_map(images: Tensor, reconstructions: Tensor) -> Tensor:
 def anomaly_map(images: Tensor, reconstructions: Tensor, sigma: float = 4.0) -> Tensor:
     """Squared residual averaged over channels, then smoothed: (N, C, H, W) x2 -> (N, H, W)."""
     return smooth(residual_map(images, reconstructions), sigma)
+
+
+def residual_statistics(total: Tensor, total_sq: Tensor, count: float) -> tuple[Tensor, Tensor]:
+    """Per-pixel mean and std (clamped from below) from sums and sums of squares of `count` maps.
+
+    (H, W) sums, best in float64 (the variance is a difference of two sums) -> (H, W) float32 mean, std.
+    """
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
+    floor = (MIN_STD_FRACTION * std.mean()).clamp_min(1e-12)  # 1e-12: an all-constant map must not give 0
+    return mean.float(), std.clamp_min(floor).float()
 
 
 def image_score(maps: Tensor, reduction: str = "max", topk: int = 100) -> Tensor:

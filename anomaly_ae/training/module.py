@@ -34,7 +34,7 @@ class AnomalyAE(L.LightningModule):
         model: kwargs of the autoencoder, with `_target_`.
         corruption: kwargs of the training corruption, with `_target_`; None trains a plain autoencoder.
         optim: lr, betas, weight_decay, scheduler ("cosine" or "none"), warmup_steps.
-        score: the AnomalyScorer's options (sigma, reduction, topk).
+        score: the AnomalyScorer's options (sigma, reduction, topk, normalize, flip_average).
         loss: clean_weight (None: plain MSE over the image).
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
@@ -77,6 +77,8 @@ class AnomalyAE(L.LightningModule):
         self.threshold_source = {"image": "not fitted", "pixel": "not fitted"}
         self._generator: torch.Generator | None = None
         self._resumed_generator_state: Tensor | None = None
+        self._residual_sums: Tensor | None = None  # (3, S, S) float64: count, sum, sum of squares
+        self._pending_residuals: list[tuple[Tensor, Tensor]] = []  # validation residuals and masks
 
     @property
     def autoencoder(self) -> torch.nn.Module:
@@ -102,6 +104,7 @@ class AnomalyAE(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_CORRUPTION_SEED)
+        self._residual_sums, self._pending_residuals = None, []
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = as_float(batch["image"])
@@ -148,12 +151,33 @@ class AnomalyAE(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         reconstructions = self.autoencoder(batch["input"])
         self.log("val/loss", self._loss(reconstructions, batch), batch_size=len(reconstructions))
-        maps = self.scorer.anomaly_map(batch["input"], reconstructions)
-        corrupted = batch["corruption_mask"].flatten(1).any(dim=1)
-        self.val_image.update(self.scorer.image_score(maps), corrupted)
-        self.val_pixel.update(maps, batch["corruption_mask"][:, 0])
+        masks = batch["corruption_mask"][:, 0]
+        if self.scorer.normalize == "none" or self.trainer.sanity_checking:
+            self._update_val_metrics(self.scorer.anomaly_map(batch["input"], reconstructions), masks)
+            return
+        self._accumulate_clean_residuals(batch["image"])
+        # Scored at the epoch's end, once this validation's statistics are fitted: metrics and thresholds
+        # then use the statistics the checkpoint saves. Costs (N_val, S, S) floats per rank until then.
+        self._pending_residuals.append((self.scorer.residual(batch["input"], reconstructions), masks))
+
+    def _update_val_metrics(self, maps: Tensor, masks: Tensor) -> None:
+        """(N, H, W) maps of corrupted validation images and their (N, H, W) corruption masks."""
+        self.val_image.update(self.scorer.image_score(maps), masks.flatten(1).any(dim=1))
+        self.val_pixel.update(maps, masks)
+
+    def _accumulate_clean_residuals(self, images: Tensor) -> None:
+        """Per-pixel sums of the residual of clean validation images (never test data), for normalisation."""
+        residual = self.scorer.residual(images).double()  # float64: the variance is a difference of sums
+        sums = torch.stack([torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)])
+        self._residual_sums = sums if self._residual_sums is None else self._residual_sums + sums
 
     def on_validation_epoch_end(self) -> None:
+        if self._residual_sums is not None:  # before the metrics: they score with the new statistics
+            count, total, total_sq = self.trainer.strategy.reduce(self._residual_sums, reduce_op="sum")
+            self.scorer.fit_normalization(total, total_sq, float(count[0, 0]))
+            for residual, masks in self._pending_residuals:
+                self._update_val_metrics(self.scorer.residual_to_map(residual), masks)
+            self._residual_sums, self._pending_residuals = None, []
         image, pixel = self.val_image.compute(), self.val_pixel.compute()
         values = {f"val/{k}": v for k, v in (image | pixel).items() if k != "image_f1_threshold"}
         self.log("val/pixel_auroc", values.pop("val/pixel_auroc"), prog_bar=True)  # selects the checkpoint

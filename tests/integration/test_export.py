@@ -21,9 +21,15 @@ from anomaly_ae.inference.export import export
 from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import anomaly_map, smooth, smoothing_radius
 from anomaly_ae.training.module import AnomalyAE
-from tests.integration.test_predict import cached_checkpoint, compose_predict, write_images
+from tests.integration.test_predict import (
+    cached_checkpoint,
+    compose_predict,
+    make_tiny_checkpoint,
+    write_images,
+)
 
 TOLERANCE = 1e-4  # max abs difference allowed between runtimes, for maps and scores
+SIZE = 32  # of the tiny checkpoints
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,6 +145,35 @@ def test_export_cli_writes_pt2_and_reports_the_difference(tiny_checkpoint, tmp_p
     printed = capsys.readouterr().out
     assert output.is_file() and "max abs difference to the checkpoint" in printed
     assert Detector.load(output, device="cpu").image_size == 32
+
+
+SCORE_OPTIONS = {"normalize": {"normalize": "pixel"}, "flip": {"flip_average": True}}
+
+
+@pytest.mark.parametrize("option", SCORE_OPTIONS)
+def test_score_options_are_exported_with_the_model(option, tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "model.ckpt", **SCORE_OPTIONS[option])
+    reference = AnomalyAE.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    if option == "normalize":  # fitted by the checkpoint's validation pass, so the parity below covers them
+        assert not torch.equal(reference.scorer.residual_mean, torch.zeros(SIZE, SIZE))
+    plain = AnomalyScorer(reference.autoencoder, sigma=1.0, image_size=SIZE).eval()
+    images = torch.cat([torch.rand(3, 1, SIZE, SIZE), real_batch(reference)])  # batch 7: not the traced 2
+    with torch.no_grad():
+        expected_maps, expected_scores = reference(images)
+        # The option changes the maps by far more than the parity tolerance, so parity below tests it.
+        assert (expected_maps - plain(images)[0]).abs().max() > 10 * TOLERANCE
+    onnx_file = export(checkpoint, "onnx", tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(["maps", "scores"], {"images": images.numpy()})
+    assert np.abs(maps - expected_maps.numpy()).max() < TOLERANCE
+    assert np.abs(scores - expected_scores.numpy()).max() < TOLERANCE
+    program = torch.export.load(str(export(checkpoint, "pt2", tmp_path / "model.pt2")))
+    with torch.no_grad():
+        maps, scores = program.module()(images)
+    assert (maps - expected_maps).abs().max() < TOLERANCE
+    assert (scores - expected_scores).abs().max() < TOLERANCE
+    meta = json.loads({p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}[METADATA_KEY])
+    assert {k: meta["score"][k] for k in SCORE_OPTIONS[option]} == SCORE_OPTIONS[option]
 
 
 def test_export_refuses_an_unknown_format(tiny_checkpoint):

@@ -28,8 +28,11 @@ SIZE = 32
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_tiny_checkpoint(path: Path) -> Path:
-    """A real AnomalyAE checkpoint: one training step, one validation pass that fits both thresholds."""
+def make_tiny_checkpoint(path: Path, **score) -> Path:
+    """A real AnomalyAE checkpoint: one training step, one validation pass that fits both thresholds.
+
+    `score`: options added to the score config (normalize=pixel: that validation fits the statistics too).
+    """
     rng = np.random.default_rng(0)
     images = [{"image": torch.from_numpy(stripes(SIZE, rng, 1))[None]} for _ in range(16)]
     module = AnomalyAE(
@@ -47,7 +50,7 @@ def make_tiny_checkpoint(path: Path) -> Path:
             "scheduler": "none",
             "warmup_steps": 0,
         },
-        score={"sigma": 1.0, "reduction": "max", "topk": 100},
+        score={"sigma": 1.0, "reduction": "max", "topk": 100, **score},
         loss={"clean_weight": None},
         augment={"hflip": False, "vflip": False, "rot90": False},
         in_channels=1,

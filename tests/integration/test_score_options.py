@@ -1,0 +1,57 @@
+"""score.normalize=pixel and score.flip_average through a real fit: statistics of clean validation images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from anomaly_ae.cli.train import fit
+from anomaly_ae.evaluation.thresholds import fit_image_threshold
+from anomaly_ae.inference.loading import load_module
+from anomaly_ae.training.module import VAL_CORRUPTION_SEED
+from tests.helpers import compose_config, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvtec_root, tmp_path):
+    overrides = tiny_overrides(mvtec_root, tmp_path / "run") + [
+        "+trainer.limit_train_batches=2",
+        "trainer.max_epochs=2",
+        "score.normalize=pixel",
+        "score.flip_average=true",
+    ]
+    cfg = compose_config(overrides)
+    metrics = fit(cfg)
+    assert 0 <= metrics["test/image_auroc"] <= 1 and 0 <= metrics["test/pixel_auroc"] <= 1
+    module = load_module(tmp_path / "run/checkpoints/last.ckpt")
+    scorer = module.scorer
+    mean, std = scorer.residual_mean, scorer.residual_std
+    assert module.hparams.score["normalize"] == "pixel" and scorer.flip_average
+    assert mean.shape == std.shape == (32, 32)
+    assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+    assert mean.min() > 0 and not torch.equal(std, torch.ones_like(std))  # fitted, not the initial 0 and 1
+
+    # They are the statistics of the clean validation images under the saved weights (the last validation
+    # ran after the last training step), computed here by hand from the validation split.
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    with torch.no_grad():
+        batches = [module.on_after_batch_transfer(batch, 0)["image"] for batch in datamodule.val_dataloader()]
+        residual = scorer.residual(torch.cat(batches)).double()  # (6, 32, 32): 6 clean validation images
+    assert len(residual) == 6
+    assert torch.allclose(mean, residual.mean(0).float(), rtol=1e-4, atol=1e-7)
+    expected_std = residual.std(0, correction=0).float()
+    unclamped = expected_std > 0.01 * expected_std.mean()
+    assert torch.allclose(std[unclamped], expected_std[unclamped], rtol=1e-3, atol=1e-7)
+
+    # The validation's threshold was fitted on maps scored with these same statistics, not older ones:
+    # refitting it from the saved scorer on the same pseudo-defects gives the saved value.
+    generator = torch.Generator().manual_seed(VAL_CORRUPTION_SEED)
+    with torch.no_grad():
+        corrupted = [module.val_corruption(images, generator) for images in batches]
+        scores = torch.cat([scorer(images)[1] for images, _ in corrupted])
+    flags = torch.cat([mask.flatten(1).any(dim=1) for _, mask in corrupted])
+    threshold, source = fit_image_threshold(scores, flags, "f1", 0.99)
+    assert source.startswith("f1") and float(module.image_threshold) == pytest.approx(threshold, rel=1e-5)
