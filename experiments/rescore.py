@@ -1,0 +1,108 @@
+"""Score options on trained checkpoints: every `score.*` variant of the same weights, side by side.
+
+Run: PYTHONPATH=. python experiments/rescore.py <run dir> [<run dir> ...]
+
+The score options (normalisation, flip averaging, the reduction) do not change training, so they are
+compared on the weights a run selected (its checkpoints/best.ckpt) instead of training again. Leak-free:
+per-pixel statistics come from the clean validation images of the run's own split (its config.yaml),
+never from test images. Per run and variant: image AUROC, pixel AUROC and AUPRO of the test split, and the
+image AUROC of each defect family against the good test images. Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from anomaly_ae.data.images import as_float
+from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics
+from anomaly_ae.inference.loading import load_module
+from anomaly_ae.model.scorer import AnomalyScorer
+
+VARIANTS = {  # score options on top of the run's own
+    "as trained": {},
+    "normalize=pixel": {"normalize": "pixel"},
+    "flip_average": {"flip_average": True},
+    "normalize=pixel + flip_average": {"normalize": "pixel", "flip_average": True},
+    "reduction=topk_mean": {"reduction": "topk_mean"},
+}
+
+
+@torch.no_grad()
+def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    module = load_module(run_dir / "checkpoints" / "best.ckpt")
+    datamodule = instantiate(cfg.data, progress=False)
+    datamodule.setup("test")
+    size, rows = module.hparams.image_size, []
+    for name, options in variants.items():
+        score = {**module.hparams.score, **options}
+        scorer = AnomalyScorer.from_config(module.autoencoder, score, size).eval()
+        if score.get("normalize", "none") != "none":  # statistics of clean validation images only
+            sums = torch.zeros(3, size, size, dtype=torch.float64)
+            for batch in datamodule.val_dataloader():
+                residual = scorer.residual(as_float(batch["image"])).double()
+                sums += torch.stack(
+                    [torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)]
+                )
+            scorer.fit_normalization(sums[1], sums[2], float(sums[0, 0, 0]))
+        image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
+        scores, labels, families = [], [], []
+        for batch in datamodule.test_dataloader():
+            maps, batch_scores = scorer(as_float(batch["image"]))
+            image.update(batch_scores, batch["label"].long())
+            if datamodule.has_masks:
+                masks = batch["mask"][:, 0]
+                if masks.shape[-2:] != maps.shape[-2:]:
+                    maps = F.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0]
+                pixel.update(maps, masks)
+            scores += batch_scores.tolist()
+            labels += batch["label"].tolist()
+            families += list(batch["defect_type"])
+        row = {"run": run_dir.name, "score": name, **{k: float(v) for k, v in image.compute().items()}}
+        if datamodule.has_masks:
+            row |= {k: float(v) for k, v in pixel.compute().items()}
+        for family in sorted({f for f, label in zip(families, labels, strict=True) if label}):
+            keep = [
+                i
+                for i, (f, label) in enumerate(zip(families, labels, strict=True))
+                if not label or f == family
+            ]
+            family_metric = ImageMetrics()
+            family_metric.update(
+                torch.tensor([scores[i] for i in keep]), torch.tensor([labels[i] for i in keep])
+            )
+            row[f"family_{family}"] = float(family_metric.compute()["image_auroc"])
+        rows.append(row)
+        print(f"{run_dir.name} / {name}: image AUROC {row['image_auroc']:.3f}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    families = sorted({k for row in rows for k in row if k.startswith("family_")})
+    columns = ["image_auroc", "pixel_auroc", "pixel_aupro", *families]
+    lines = ["| run | score | " + " | ".join(c.removeprefix("family_") for c in columns) + " |"]
+    lines.append("|---|---|" + "---|" * len(columns))
+    for row in rows:
+        cells = [f"{row[c]:.3f}" if c in row else "n/a" for c in columns]
+        lines.append(f"| {row['run']} | {row['score']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.yaml, checkpoints/)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {list(VARIANTS)}")
+    args = parser.parse_args(argv)
+    chosen = {name: VARIANTS[name] for name in args.variants.split(",")}
+    print(markdown([row for run in args.runs for row in rescore(run, chosen)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""experiments/rescore.py: the score options re-evaluated on a trained run's own weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from anomaly_ae.cli.train import fit
+from tests.helpers import compose_config, tiny_overrides
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "rescore.py"
+
+
+def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rescore", SCRIPT)
+    rescore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rescore)
+    fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=2"]))
+    rows = rescore.rescore(tmp_path / "run", rescore.VARIANTS)
+    assert [row["score"] for row in rows] == list(rescore.VARIANTS)
+    test = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    as_trained = rows[0]
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # the same weights and score: the same numbers
+        assert as_trained[key] == pytest.approx(test[f"test/{key}"], abs=1e-6), key
+    assert as_trained["family_square"] == pytest.approx(test["test/image_auroc"], abs=1e-6)  # one family
+    for row in rows:
+        assert all(0 <= row[k] <= 1 for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+    capsys.readouterr()  # the training run's own output
+    rescore.main([str(tmp_path / "run"), "--variants", "as trained,normalize=pixel"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| run | score | image_auroc | pixel_auroc | pixel_aupro | square |"
+    assert [line.split(" | ")[1] for line in table[2:]] == ["as trained", "normalize=pixel"]
