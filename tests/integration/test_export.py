@@ -142,5 +142,5 @@ def test_export_cli_writes_pt2_and_reports_the_difference(tiny_checkpoint, tmp_p
 
 
 def test_export_refuses_an_unknown_format(tiny_checkpoint):
-    with pytest.raises(ValueError, match="format='tflite'"):
+    with pytest.raises(ValueError, match="format=tflite is not one of onnx, pt2"):
         export(tiny_checkpoint, "tflite")
