@@ -35,7 +35,7 @@ def exit_codes() -> tuple[tuple[type[BaseException] | tuple[type[BaseException],
         (FileNotFoundError, 5),  # missing data, input, checkpoint or resume file
         ((CheckpointError, ResumeError), 6),  # not a usable checkpoint or export
         (OutputExists, 7),  # would write over a file: choose another output, or overwrite=true
-        (PermissionError, 8),  # a file or folder cannot be read or written
+        ((PermissionError, NotADirectoryError), 8),  # a file or folder cannot be read or written
         (DownloadError, 9),  # a dataset could not be fetched, verified or extracted
         (FloatingPointError, 10),  # training diverged (non-finite loss)
     )
@@ -67,7 +67,7 @@ def describe(error: BaseException) -> str:
             return f"permission denied: {where}; choose a path you may read and write, or fix its permissions"
         if isinstance(error, FileNotFoundError):
             return f"{where} does not exist; check the path"
-        return f"{error.strerror}: {where}"
+        return f"{error.strerror.lower()}: {where}; choose another path"
     return str(error)
 
 

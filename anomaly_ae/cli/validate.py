@@ -47,11 +47,11 @@ def _is_number(value) -> bool:
 
 
 def integer(low: int | None = None, high: int | None = None) -> Rule:
-    words = {(None, None): "an integer", (low, None): f"an integer >= {low}"}.get((low, high))
-    return Rule(
-        lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high),
-        words or f"an integer in [{low}, {high}]",
-    )
+    if high is not None:
+        words = f"an integer in [{low}, {high}]"
+    else:
+        words = "an integer" if low is None else f"an integer >= {low}"
+    return Rule(lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high), words)
 
 
 def number(low: float | None = None, high: float | None = None, open_low=False, open_high=False) -> Rule:
@@ -69,7 +69,10 @@ def number(low: float | None = None, high: float | None = None, open_low=False, 
 
 
 def one_of(*values) -> Rule:
-    return Rule(lambda v: v in values and not isinstance(v, bool), f"one of {', '.join(map(str, values))}")
+    return Rule(
+        lambda v: v in values and not isinstance(v, bool),
+        f"one of {', '.join(dict.fromkeys(map(str, values)))}",
+    )
 
 
 def subset(values: Sequence[str]) -> Rule:
@@ -201,7 +204,7 @@ def _value(cfg: DictConfig, key: str):
     """The resolved value at `key` (lists as lists), _ABSENT when the config has no such key."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig) or leaf not in node:
+    if not isinstance(node, DictConfig) or leaf not in set(node.keys()):  # `in node`: False for ???
         return _ABSENT
     if OmegaConf.is_missing(node, leaf):
         raise ConfigError(f"{key} is not set: give {key}=... on the command line")
