@@ -15,14 +15,14 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
-from anomaly_ae.cli.common import CONF_DIR, one_line_errors
+from anomaly_ae.cli.common import CONF_DIR, ConfigError, one_line_errors
+from anomaly_ae.cli.predict import refuse_overwrites
+from anomaly_ae.cli.validate import EXPLAIN, validate
 from anomaly_ae.data.images import as_float, list_images, read_image, read_mask
 from anomaly_ae.explain.relevance import Method, box_mask, explain
 from anomaly_ae.inference.loading import image_size, load_scorer, resolve_device
 from anomaly_ae.reporting import plots
 from anomaly_ae.reporting.run_outputs import write_csv
-
-# Absolute: Hydra resolves a relative path against a package when this module is imported, not run.
 
 
 def input_paths(source: str | Path) -> list[Path]:
@@ -40,22 +40,25 @@ def load_region(region, size: int) -> Tensor | None:
         return None
     if isinstance(region, Sequence | ListConfig) and not isinstance(region, str):
         if len(region) != 4:
-            raise ValueError(f"region={list(region)} must be [top, left, bottom, right] in model pixels")
+            raise ConfigError(f"region={list(region)} must be [top, left, bottom, right] in model pixels")
         return box_mask(tuple(int(v) for v in region), (size, size))
     return read_mask(region, size).bool()
 
 
 def explain_images(cfg: DictConfig) -> list[dict]:
     """Write one panel (input | anomaly map | relevance) and the raw relevance per image; return the rows."""
+    validate(cfg, EXPLAIN)
+    paths, output = input_paths(cfg.input), Path(cfg.output)  # before loading: a wrong input fails fast
+    files = [output / f"{p.stem}{suffix}" for p in paths for suffix in (".png", "_relevance.npy")]
+    refuse_overwrites([*files, output / "scores.csv"], cfg.overwrite)
     device = resolve_device(cfg.device)
     scorer = load_scorer(cfg.checkpoint, device, cfg.reduction)
     method = Method.from_config(cfg.explain)
     size = image_size(cfg.checkpoint, cfg.image_size)
     channels = scorer.autoencoder.in_channels
     region = load_region(cfg.region, size)
-    output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
-    paths, rows = input_paths(cfg.input), []
+    rows = []
     for start in range(0, len(paths), cfg.batch_size):
         batch = paths[start : start + cfg.batch_size]
         images = as_float(torch.stack([read_image(p, channels, size) for p in batch])).to(device)

@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from anomaly_ae.cli.common import CONF_DIR, one_line_errors
+from anomaly_ae.cli.validate import EXPORT, validate
 from anomaly_ae.inference.detector import Detector
 from anomaly_ae.inference.export import check, export
 
@@ -17,7 +18,8 @@ from anomaly_ae.inference.export import check, export
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    output = export(cfg.checkpoint, cfg.format, cfg.output)
+    validate(cfg, EXPORT)
+    output = export(cfg.checkpoint, cfg.format, cfg.output, overwrite=cfg.overwrite)
     detector = Detector.load(output, "cpu")
     print(f"{output} ({cfg.format}, {output.stat().st_size / 1e6:.1f} MB): {detector}")
     if cfg.check:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import math
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,13 +19,15 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from anomaly_ae.cli.common import CONF_DIR, one_line_errors
+from anomaly_ae.cli.common import CONF_DIR, OutputExists, one_line_errors
+from anomaly_ae.cli.validate import PREDICT, validate
 from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, read_image
 from anomaly_ae.inference.detector import Detector
 from anomaly_ae.reporting.plots import heat_overlay
 from anomaly_ae.reporting.run_outputs import write_csv
 
-MAP_FORMATS = ("npy", "png16")
+# Wider or taller than this, an image squashed to the model's square input loses the shapes it was trained on.
+MAX_ASPECT = 2.0
 
 
 def resolve_inputs(source: str | Path) -> list[Path]:
@@ -62,6 +65,37 @@ def save_map(amap: Tensor, stem: str, output: Path, map_format: str) -> float | 
     return scale
 
 
+def planned_files(stems: list[str], output: Path, map_format: str) -> list[Path]:
+    """Every file this command will write into `output`."""
+    suffixes = ("_map.npy" if map_format == "npy" else "_map.png", "_overlay.png", "_mask.png")
+    files = [output / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
+    return [*files, output / "predictions.csv"]
+
+
+def refuse_overwrites(files: list[Path], overwrite: bool) -> None:
+    """Raise OutputExists when any of `files` exists (unless `overwrite`): never replace a user's file."""
+    existing = [path for path in files if path.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(path.name for path in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise OutputExists(
+            f"output={existing[0].parent} already holds {len(existing)} of the files this command writes "
+            f"({shown}): choose an empty output folder, or set overwrite=true to replace them"
+        )
+
+
+def warn_aspect(path: Path, height: int, width: int, size: int) -> bool:
+    """Print a warning when the image is far from square; return whether it did."""
+    ratio = max(height, width) / max(1, min(height, width))
+    if ratio <= MAX_ASPECT:
+        return False
+    print(
+        f"warning: {path} is {width}x{height} ({ratio:.0f}:1) and is squashed to the model's {size}x{size} "
+        "square input, unlike its square training images: crop it into near-square tiles for a fair score",
+        file=sys.stderr,
+    )
+    return True
+
+
 def overlay_scale(detector: Detector, given: float | None) -> float | None:
     """One map value shown red for every image; None: each image's own maximum (no threshold to go by)."""
     if given is not None:
@@ -71,13 +105,13 @@ def overlay_scale(detector: Detector, given: float | None) -> float | None:
 
 def predict_images(cfg: DictConfig) -> list[dict]:
     """Write map, overlay and mask per image and predictions.csv; return the CSV rows."""
-    if cfg.map_format not in MAP_FORMATS:
-        raise ValueError(f"map_format={cfg.map_format!r} is not one of {MAP_FORMATS}")
+    validate(cfg, PREDICT)
     paths = resolve_inputs(cfg.input)  # before loading: a wrong input fails fast
+    output, stems = Path(cfg.output), output_stems(paths)
+    refuse_overwrites(planned_files(stems, output, cfg.map_format), cfg.overwrite)
     detector = Detector.load(cfg.checkpoint, cfg.device)
-    output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
-    stems, vmax, rows = output_stems(paths), overlay_scale(detector, cfg.overlay_vmax), []
+    vmax, rows = overlay_scale(detector, cfg.overlay_vmax), []
     columns = [TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, TextColumn("{task.fields[name]}"), disable=not cfg.progress) as progress:
         task = progress.add_task("predict", total=len(paths), name="")
@@ -88,6 +122,7 @@ def predict_images(cfg: DictConfig) -> list[dict]:
                 stem, amap = stems[start + i], result.maps[i]
                 scale = save_map(amap, stem, output, cfg.map_format)
                 image = read_image(path, 3, None).float() / 255  # the original, in colour where it has colour
+                warn_aspect(path, *image.shape[-2:], detector.image_size)
                 peak = vmax if vmax is not None else float(amap.max())
                 picture = np.rint(heat_overlay(image, amap, peak) * 255).astype(np.uint8)
                 Image.fromarray(picture).save(output / f"{stem}_overlay.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_ae.cli.common import CONF_DIR, one_line_errors
+from anomaly_ae.cli.validate import TRAIN, validate
 from anomaly_ae.evaluation.results import TestRecorder, TestResults
+from anomaly_ae.inference.loading import read_checkpoint
 from anomaly_ae.integrations.dashboards import TestDashboards, ValidationPanel, WandbRunLife
 from anomaly_ae.reporting.console import print_summary, quiet_library_messages
 from anomaly_ae.reporting.run_outputs import write_run_outputs
@@ -95,7 +98,11 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     val/* are the last validation's values, except the checkpoint monitor, which is the selected
     checkpoint's own value: what a sweeper may optimise without looking at test data.
     """
+    validate(cfg, TRAIN)  # every value's type and range, before any file is decoded
     output_dir = prepare_output(cfg)
+    resume = resume_path(cfg.resume, output_dir)
+    if resume is not None:
+        read_checkpoint(resume)  # a file that is no checkpoint fails in the words of every other command
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # validates the data before any training starts, and gives the channel count
     module = build_module(cfg, datamodule)
@@ -106,17 +113,18 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     trainer = make_trainer(cfg, [best, latest, recorder, *run_callbacks(cfg, recorder)])
 
     start = time.perf_counter()
-    trainer.fit(
-        module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, output_dir), weights_only=True
-    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     train_seconds = time.perf_counter() - start
     validation = {
         key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
     }
     if best.best_model_score is not None:
         validation[cfg.checkpoint.monitor] = float(best.best_model_score)
-    selected = best.best_model_path or latest.best_model_path
-    metrics = test_and_report(cfg, trainer, module, datamodule, recorder, selected, train_seconds)
+    # None when no checkpoint was written (trainer.fast_dev_run): the weights in memory are tested.
+    selected = best.best_model_path or latest.best_model_path or None
+    metrics = test_and_report(
+        cfg, trainer, module, datamodule, recorder, selected, train_seconds, reload=selected is not None
+    )
     return metrics | validation
 
 
@@ -142,7 +150,7 @@ def test_and_report(
         "eval_resolution": describe_resolution(datamodule),
         "pixel_metrics": "computed" if datamodule.has_masks else "not available: the data has no masks",
         "thresholds": results.thresholds,
-        "checkpoint": checkpoint,
+        "checkpoint": checkpoint or "none written (trainer.fast_dev_run): the weights in memory were tested",
         "config_hash": config_hash(cfg),
         "train_seconds": round(train_seconds, 1),
         "test_seconds": round(test_seconds, 1),
@@ -151,9 +159,21 @@ def test_and_report(
     }
     if trainer.is_global_zero:
         report["files"] = write_run_outputs(output_dir, results)
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        text = json.dumps(finite_or_null(report), indent=2, allow_nan=False)  # null, never a bare NaN
+        (output_dir / "metrics.json").write_text(text)
         print_summary(report, output_dir)
     return dict(results.metrics)
+
+
+def finite_or_null(value):
+    """`value` with NaN and infinities replaced by None: metrics.json stays valid JSON (null)."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def describe_resolution(datamodule) -> str:
@@ -173,11 +193,6 @@ def config_hash(cfg: DictConfig) -> str:
 @one_line_errors
 def main(cfg: DictConfig) -> float:
     """Returns `sweep_metric` (a validation metric, never a test one) to Hydra sweepers."""
-    if not str(cfg.sweep_metric).startswith("val/"):
-        raise ValueError(
-            f"sweep_metric={cfg.sweep_metric} is not a validation metric: a sweeper must never tune on test "
-            "data; use a val/ key such as val/pixel_auroc or val/image_auroc"
-        )
     metrics = fit(cfg)
     return metrics.get(cfg.sweep_metric, float("nan"))
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from anomaly_ae.data.check import Checked, check_listing
+from anomaly_ae.data.check import Checked, NotEnoughData, check_listing
 from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, pil_to_uint8, read_image, read_mask
 from anomaly_ae.data.listing import Listing, Problem, Sample
 
@@ -171,22 +171,35 @@ class AnomalyDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         listing = self.listing()
-        checked = self.check(listing, cache=self.cache)  # raises DataError listing every problem
-        self.channels = checked.channels
         if listing.val is None:
             fit, val = split_normals(listing.train, self.val_fraction, self.split_seed)
         else:
             fit, val = listing.train, listing.val
-        if len(fit) < self.batch_size:
-            raise ValueError(
-                f"only {len(fit)} training images after holding out {len(val)} for validation, fewer than "
-                f"data.batch_size={self.batch_size}: lower data.batch_size or data.val_fraction"
-            )
+        if not listing.problems:  # from the listing alone, before any file is decoded
+            self._check_counts(fit, val, stage)
+        checked = self.check(listing, cache=self.cache)  # raises DataError listing every problem
+        self._check_counts(fit, val, stage)
+        self.channels = checked.channels
         row = {sample.path: i for i, sample in enumerate(listing.samples())}
         self.train_set, self.val_set, self.test_set = (
             self._dataset(subset, checked.images, checked.masks, row) for subset in (fit, val, listing.test)
         )
         self.test_set.original_masks = self.has_masks and self.eval_resolution == "mask"
+
+    def _check_counts(self, fit: list[Sample], val: list[Sample], stage: str | None) -> None:
+        """Refuse splits that cannot train, select a checkpoint or fit thresholds (testing needs neither)."""
+        if not val and stage != "test":
+            raise NotEnoughData(
+                f"no validation images in {self.where}: {len(fit)} training images with "
+                f"data.val_fraction={self.val_fraction} hold none out, and validation selects the checkpoint "
+                "and fits the thresholds; add training images or raise data.val_fraction"
+            )
+        if len(fit) < self.batch_size:
+            raise NotEnoughData(
+                f"only {len(fit)} training images in {self.where} after holding out {len(val)} for "
+                f"validation, fewer than data.batch_size={self.batch_size}: lower data.batch_size or "
+                "data.val_fraction"
+            )
 
     def _dataset(
         self, subset: list[Sample], images: Tensor | None, masks: Tensor | None, row: dict[str, int]

@@ -46,6 +46,10 @@ class DataError(ValueError):
         super().__init__(f"{count} in {where}, found before training; fix {them} and run again:{lines}")
 
 
+class NotEnoughData(ValueError):
+    """Too few images for the configured split or batch size; the message names the setting to change."""
+
+
 @dataclass
 class Checked:
     """What the check learned: the channel count and, when caching, every image and mask in memory."""

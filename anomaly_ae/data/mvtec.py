@@ -38,6 +38,17 @@ def image_folder_problem(folder: Path, role: str) -> Problem | None:
     return None
 
 
+def missing_mask(expected: Path) -> str:
+    """Why a defective image has no mask, naming a file with the mask's name in another format."""
+    others = sorted(p.name for p in expected.parent.glob(f"{expected.stem}.*") if p != expected)
+    if not others:
+        return f"defective test image has no mask: expected {expected}"
+    return (
+        f"defective test image has no mask: expected {expected}, found {others[0]} instead; masks must be "
+        f"lossless .png (JPEG blurs the 0/255 edges): save it as {expected.name}"
+    )
+
+
 def list_category(root: Path, category: str, mask_suffix: str = "_mask") -> Listing:
     """List one category's train normals and test images; masks are paired by file stem."""
     base = root / category
@@ -53,7 +64,7 @@ def list_category(root: Path, category: str, mask_suffix: str = "_mask") -> List
                 continue
             mask = base / "ground_truth" / kind / f"{path.stem}{mask_suffix}.png"
             if not mask.is_file():
-                unmasked.append(Problem(str(path), f"defective test image has no mask: expected {mask}"))
+                unmasked.append(Problem(str(path), missing_mask(mask)))
             listing.test.append(Sample(str(path), 1, kind, str(mask) if mask.is_file() else None))
     if not listing.train and not listing.test:
         listing.problems.append(Problem(str(base), "the category is empty: no images in train/good or test/"))

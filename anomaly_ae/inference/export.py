@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from anomaly_ae import __version__
+from anomaly_ae.errors import ConfigError, OutputExists
 from anomaly_ae.inference.detector import METADATA_KEY, Detector
 from anomaly_ae.inference.loading import load_module
 from anomaly_ae.model.scorer import AnomalyScorer
@@ -42,24 +44,52 @@ def metadata(module, checkpoint: str | Path) -> dict:
     }
 
 
-def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None) -> Path:
-    """Write `checkpoint` as an ONNX (dynamo exporter) or torch.export .pt2 file; return its path."""
+def export(
+    checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Write `checkpoint` as an ONNX (dynamo exporter) or torch.export .pt2 file; return its path.
+
+    An existing output is replaced only with `overwrite`, and only once the new file is complete (a
+    temporary file beside it, then os.replace); the checkpoint itself is never an output.
+    """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r} is not one of {tuple(FORMATS)}")
-    module = load_module(checkpoint, "cpu")
+        raise ConfigError(
+            f"format={format} is not one of {', '.join(FORMATS)} (TorchScript export was replaced by "
+            "format=pt2): set format=onnx or format=pt2"
+        )
     output = Path(output) if output else Path(checkpoint).with_suffix(FORMATS[format])
+    refuse_output(Path(checkpoint), output, overwrite)
+    module = load_module(checkpoint, "cpu")
     output.parent.mkdir(parents=True, exist_ok=True)
     scorer = module.scorer.eval()
     info = json.dumps(metadata(module, checkpoint))
     size, channels = module.hparams.image_size, module.hparams.in_channels
     example = torch.rand(2, channels, size, size)  # batch 2, not 1: export would specialise a size-1 dim
-    with torch.no_grad():
-        if format == "onnx":
-            _export_onnx(scorer, example, output, info)
-        else:
-            program = torch.export.export(scorer, (example,), dynamic_shapes={"images": {0: BATCH}})
-            torch.export.save(program, str(output), extra_files={METADATA_KEY: info})
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")  # same folder: the rename is atomic
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _export_onnx(scorer, example, partial, info)
+            else:
+                program = torch.export.export(scorer, (example,), dynamic_shapes={"images": {0: BATCH}})
+                torch.export.save(program, str(partial), extra_files={METADATA_KEY: info})
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
     return output
+
+
+def refuse_output(checkpoint: Path, output: Path, overwrite: bool) -> None:
+    """Raise OutputExists for an output that is the checkpoint, or that exists while overwrite is off."""
+    if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
+        raise OutputExists(
+            f"output={output} is the checkpoint itself: exporting would replace the weights it is made from; "
+            "choose another output, e.g. output=model.onnx"
+        )
+    if output.exists() and not overwrite:
+        raise OutputExists(
+            f"output={output} exists already: choose another output, or set overwrite=true to replace it"
+        )
 
 
 def _export_onnx(scorer: AnomalyScorer, example: Tensor, output: Path, info: str) -> None:

@@ -78,7 +78,8 @@ def read_checkpoint(checkpoint: str | Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        # "Unsupported global: GLOBAL x.y", or for blocked modules "unsupported GLOBAL x.y whose module ..."
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(error))
         if found is None:  # not a pickle at all, e.g. a text file
             raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
         raise CheckpointError(

@@ -44,7 +44,8 @@ def print_summary(report: dict, output_dir: Path, console: Console | None = None
         files.add_row(what, path)
     files.add_row("config", str(output_dir / "config.yaml"))
     files.add_row("checkpoint (selected)", str(report["checkpoint"]))
-    files.add_row("checkpoint (last)", str(output_dir / "checkpoints" / "last.ckpt"))
+    if (last := output_dir / "checkpoints" / "last.ckpt").is_file():  # none when nothing was trained here
+        files.add_row("checkpoint (last)", str(last))
     if (output_dir / "csv").is_dir():
         files.add_row("training log", str(output_dir / "csv" / "metrics.csv"))
     for what, where in dashboard_rows(output_dir):

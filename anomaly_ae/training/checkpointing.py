@@ -66,29 +66,50 @@ def loadable(path: Path) -> bool:
     return isinstance(checkpoint, dict) and "state_dict" in checkpoint
 
 
+class ResumeError(ValueError):
+    """resume=last found no checkpoint of the run that loads."""
+
+
+def remove_partials(folder: Path) -> None:
+    """Delete temporary files that a killed AtomicCheckpointIO write left behind; never a complete file."""
+    for partial in folder.glob(".*.partial"):
+        partial.unlink(missing_ok=True)
+        log.info(f"removed {partial}, a checkpoint write that never completed")
+
+
 def resume_path(resume: str | None, output_dir: Path) -> str | None:
     """The checkpoint to continue from: None, "last" (this run dir's checkpoints) or a path.
 
-    resume=last takes checkpoints/last.ckpt, or, when that file is damaged (a kill mid-write on a
-    filesystem without atomic renames), the newest other checkpoint of the run that loads, with a warning.
+    resume=last takes checkpoints/last.ckpt, or, when that file is missing (a kill while the first one
+    was written) or damaged (a filesystem without atomic renames), the newest other checkpoint of the
+    run that loads, with a warning. Stale partial writes are removed either way.
     """
+    folder = output_dir / "checkpoints"
+    remove_partials(folder)
     if resume is None:
         return None
-    folder = output_dir / "checkpoints"
-    path = folder / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"resume={resume}: no checkpoint at {path}. Resume a run by pointing hydra.run.dir (or "
-            "output_dir) at its directory with resume=last, or pass resume=<path to a .ckpt>."
-        )
-    if resume != "last" or loadable(path):
+    if resume != "last":
+        if not Path(resume).is_file():
+            raise FileNotFoundError(
+                f"resume={resume}: no checkpoint at {resume}; pass resume=<path to a .ckpt>, or resume=last "
+                "with hydra.run.dir (or output_dir) pointing at the run's directory"
+            )
+        return str(resume)
+    path = folder / "last.ckpt"
+    if path.is_file() and loadable(path):
         return str(path)
     others = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     fallback = next((p for p in others if p != path and loadable(p)), None)
+    if fallback is None and not path.is_file():
+        raise FileNotFoundError(
+            f"resume=last: no checkpoint at {path}. Resume a run by pointing hydra.run.dir (or "
+            "output_dir) at its directory with resume=last, or pass resume=<path to a .ckpt>."
+        )
     if fallback is None:
-        raise RuntimeError(
+        raise ResumeError(
             f"resume=last: {path} is damaged (it does not load) and no other checkpoint in {folder} "
             "loads either; start the run again without resume."
         )
-    log.warning(f"resume=last: {path} is damaged (it does not load); resuming from {fallback} instead.")
+    state = "is damaged (it does not load)" if path.is_file() else "was never completed (the run was stopped)"
+    log.warning(f"resume=last: {path} {state}; resuming from {fallback} instead.")
     return str(fallback)

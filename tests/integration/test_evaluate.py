@@ -43,8 +43,8 @@ def test_a_sweep_metric_on_test_data_is_refused(mvtec_root, tmp_path, capsys):
     overrides = tiny_overrides(mvtec_root, tmp_path / "run") + ["sweep_metric=test/image_auroc"]
     with pytest.raises(SystemExit) as stopped:
         main(["train", *overrides])
-    assert stopped.value.code == 1
-    assert "sweep_metric=test/image_auroc is not a validation metric" in capsys.readouterr().err
+    assert stopped.value.code == 2  # a bad config value (docs/errors.md)
+    assert capsys.readouterr().err.startswith("error: sweep_metric=test/image_auroc is not allowed: ")
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 

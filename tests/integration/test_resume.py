@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from anomaly_ae.cli.train import fit
-from anomaly_ae.training.checkpointing import AtomicCheckpointIO, resume_path
+from anomaly_ae.training.checkpointing import AtomicCheckpointIO, ResumeError, resume_path
 from tests.helpers import compose_config, tiny_overrides
+from tests.integration.test_predict import cached_checkpoint
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -99,7 +100,7 @@ def test_resume_last_falls_back_to_the_newest_loadable_checkpoint(mvtec_root, tm
 
     for path in (last, best):
         path.write_bytes(b"")
-    with pytest.raises(RuntimeError, match=r"resume=last: .*last.ckpt is damaged .* no other checkpoint in"):
+    with pytest.raises(ResumeError, match=r"resume=last: .*last.ckpt is damaged .* no other checkpoint in"):
         resume_path("last", out)
 
 
@@ -111,3 +112,12 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_fails(tmp_path):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "bad": lambda: None}, path)
     assert torch.equal(weights(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the partial file is removed
+
+
+def test_resume_last_falls_back_to_best_when_the_first_last_ckpt_never_completed(tmp_path_factory, tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "best.ckpt").write_bytes(cached_checkpoint(tmp_path_factory).read_bytes())
+    (folder / ".last.ckpt.partial").write_bytes(b"half a checkpoint")  # killed while writing last.ckpt
+    assert resume_path("last", tmp_path) == str(folder / "best.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt"]  # the stale partial is gone

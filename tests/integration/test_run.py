@@ -145,7 +145,8 @@ def test_cli_single_run_and_multirun(tmp_path):
 
 def test_cli_missing_mvtec_root_explains_how_to_get_data(tmp_path):
     result = run_cli("data.root=missing_root", "category=grid", "trainer=cpu", "logger=none", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 5  # missing data (docs/errors.md)
+    assert "Traceback" not in result.stderr
     assert (
         "MVTec AD not found: missing_root/grid does not exist. To get it, set data.download=true"
         in result.stderr

@@ -1,5 +1,7 @@
 """Trainer and model options that change how, not what, is trained: precision, compile, lr scaling."""
 
+import json
+
 import pytest
 import torch
 from torch._dynamo.exc import BackendCompilerFailed
@@ -70,3 +72,13 @@ def test_a_run_cut_by_max_time_ends_with_an_annealed_learning_rate(mvtec_root, t
     assert checkpoint["epoch"] < 9999  # the clock ended it, not the step count
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr < 0.01 * 2.0e-4  # by the step count alone it would still be at ~100 % of optim.lr
+
+
+def test_fast_dev_run_tests_the_weights_in_memory_and_writes_valid_json(mvtec_root, tmp_path, one_thread):
+    metrics = fit(
+        compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["+trainer.fast_dev_run=true"])
+    )
+    assert 0 <= metrics["test/image_auroc"] <= 1
+    text = (tmp_path / "run/metrics.json").read_text()
+    report = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
+    assert report["checkpoint"].startswith("none written (trainer.fast_dev_run)")

@@ -132,7 +132,9 @@ def test_check_command_prints_counts_then_every_problem(mvtec_root: Path, capsys
 
     (mvtec_root / "toy/ground_truth/square/000_mask.png").unlink()
     truncate(mvtec_root / "toy/test/good/000.png")
-    assert main(args) == 1
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 4  # the data has problems (docs/errors.md)
     captured = capsys.readouterr()
     assert "│ test  │ square      │      6 │     5 │" in captured.out
     assert captured.err.startswith(f"error: 2 problems in MVTec AD category 'toy' in {mvtec_root}, {FIX}\n")
@@ -144,7 +146,7 @@ def test_check_runs_as_a_subcommand(mvtec_root: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "anomaly_ae", "check", *args], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 4, done.stderr
     assert "│ train │ good        │     24 │     0 │" in done.stdout
     assert done.stderr == (
         f"error: 1 problem in MVTec AD category 'toy' in {mvtec_root}, {FIX1}\n"
@@ -154,7 +156,9 @@ def test_check_runs_as_a_subcommand(mvtec_root: Path) -> None:
 
 
 def test_check_command_without_data_says_how_to_get_it(tmp_path: Path, capsys) -> None:
-    assert main(["data=mvtec", f"data.root={tmp_path / 'none'}", "category=toy"]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        main(["data=mvtec", f"data.root={tmp_path / 'none'}", "category=toy"])
+    assert stopped.value.code == 5  # the data is not there (docs/errors.md)
     err = capsys.readouterr().err
     assert err.startswith(f"error: MVTec AD not found: {tmp_path / 'none' / 'toy'} does not exist.")
     assert "data=elpv" in err
