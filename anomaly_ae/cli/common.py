@@ -71,6 +71,12 @@ def describe(error: BaseException) -> str:
     return str(error)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
 def one_line_errors(main: Callable[..., T]) -> Callable[..., T]:
     """Run a command's main; an error of the project's own making ends it with one line and its exit code."""
 
@@ -83,6 +89,8 @@ def one_line_errors(main: Callable[..., T]) -> Callable[..., T]:
             if code is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {describe(error)}", file=sys.stderr)
+            if _in_multirun():  # the job fails, the sweep's other jobs still run (Hydra reports at the end)
+                raise
             raise SystemExit(code) from None  # SystemExit passes Hydra's job runner, which reports Exceptions
 
     return run

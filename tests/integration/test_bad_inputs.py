@@ -109,6 +109,8 @@ CASES = [
      "smoothing; 0 turns smoothing off)" + SET_IT),
     ("train-reduction", train("mvtec", "score.reduction=median"), 2,
      refused("score.reduction", "median", "one of max, topk_mean, mean")),
+    ("train-normalize", train("mvtec", "score.normalize=zscore"), 2,
+     refused("score.normalize", "zscore", "one of none, pixel")),
     ("train-topk", train("mvtec", "score.topk=0"), 2,
      refused("score.topk", "0", "an integer >= 1")),
     ("train-p-corrupt", train("mvtec", "corruption.p_corrupt=2"), 2,

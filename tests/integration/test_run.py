@@ -143,6 +143,14 @@ def test_cli_single_run_and_multirun(tmp_path):
     assert "Sweep results" in multi.stdout
 
 
+def test_a_failed_job_of_a_multirun_leaves_the_other_jobs_running(tmp_path):
+    root = make_mvtec_tree(tmp_path / "data", category="b")  # category a has no data
+    multi = run_cli("-m", *cli_overrides(root), "category=a,b", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert multi.returncode == 1  # Hydra reports the failed job once the sweep has run
+    assert f"error: {root}/a does not exist, but {root} does and holds" in multi.stderr
+    assert [p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json")] == ["b_seed0_1"]
+
+
 def test_cli_missing_mvtec_root_explains_how_to_get_data(tmp_path):
     result = run_cli("data.root=missing_root", "category=grid", "trainer=cpu", "logger=none", cwd=tmp_path)
     assert result.returncode == 5  # missing data (docs/errors.md)
