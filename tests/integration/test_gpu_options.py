@@ -6,6 +6,7 @@ import torch
 from anomaly_ae.cli.train import build_module, fit, host_sync_steps
 from anomaly_ae.training.speed import adam
 from tests.helpers import compose_config, tiny_overrides
+from tests.integration.test_resume import same_weights, weights
 
 DATA = type("Data", (), {"augment": {}, "channels": 1, "image_size": 32, "has_masks": True})()
 
@@ -55,3 +56,21 @@ def test_fused_adam_falls_back_where_unsupported():
         optimizer = adam(params, True, lr=1e-3)
     assert not optimizer.defaults["fused"]
     assert adam([torch.nn.Parameter(torch.zeros(3))], True, lr=1e-3).defaults["fused"]  # CPUs have one
+
+
+@pytest.mark.gpu
+def test_deterministic_gpu_runs_give_bit_identical_weights_on_either_data_path(mvtec_root, tmp_path):
+    def run(name: str, resident: str) -> tuple[dict, dict]:
+        out = tmp_path / name
+        overrides = tiny_overrides(mvtec_root, out) + [
+            "trainer=gpu", "trainer.deterministic=true", "trainer.benchmark=false",  # docs/scale_out.md
+            f"data.resident={resident}", "data.resident_eval_batch_size=null", "trainer.max_epochs=2",
+        ]  # fmt: skip
+        return fit(compose_config(overrides)), weights(out / "checkpoints/last.ckpt")
+
+    metrics_a, weights_a = run("a", "true")
+    metrics_b, weights_b = run("b", "true")
+    metrics_c, weights_c = run("c", "false")
+    assert weights_a["scorer.autoencoder.stem.0.weight"].is_cuda is False  # saved to the host, as always
+    assert same_weights(weights_a, weights_b) and metrics_a == metrics_b
+    assert same_weights(weights_a, weights_c) and metrics_a == metrics_c
