@@ -29,6 +29,7 @@ from anomaly_ae.reporting.run_outputs import write_run_outputs
 from anomaly_ae.training.callbacks import EpochSummary, LogLearningRate, ProgressBar
 from anomaly_ae.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks, resume_path
 from anomaly_ae.training.module import VAL_CORRUPTION_SEED, AnomalyAE
+from anomaly_ae.training.speed import on_gpu, resolve, sync_every
 
 # Library messages that say nothing actionable to a user of this tool; real problems still show.
 QUIET = (
@@ -42,10 +43,14 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
     corruption = OmegaConf.to_container(cfg.corruption, resolve=True) or None
     model = OmegaConf.to_container(cfg.model, resolve=True)
     compile_model = model.pop("compile", False)  # how to run the model, not what it is: not an hparam of it
+    gpu = on_gpu(cfg.trainer)  # the auto options (training/speed.py) are on for GPUs only
+    channels_last = resolve(model.pop("channels_last", False), gpu, "model.channels_last")
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optim["fused"] = resolve(optim.get("fused", False), gpu, "optim.fused")
     return AnomalyAE(
         model=model,
         corruption=corruption,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        optim=optim,
         score=OmegaConf.to_container(cfg.score, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         augment=dict(datamodule.augment),
@@ -55,7 +60,15 @@ def build_module(cfg: DictConfig, datamodule) -> AnomalyAE:
         has_masks=datamodule.has_masks,
         seed=cfg.seed,
         compile=compile_model,
+        channels_last=channels_last,
+        sync_every_n_steps=host_sync_steps(cfg),
     )
+
+
+def host_sync_steps(cfg: DictConfig) -> int:
+    """logging.sync_every_n_steps resolved: 1 on CPUs, trainer.log_every_n_steps on GPUs for auto."""
+    value = cfg.logging.get("sync_every_n_steps", 1)
+    return sync_every(value, cfg.trainer.get("log_every_n_steps", 50), on_gpu(cfg.trainer))
 
 
 def run_callbacks(cfg: DictConfig, recorder: TestRecorder) -> list[Callback]:
@@ -70,7 +83,7 @@ def run_callbacks(cfg: DictConfig, recorder: TestRecorder) -> list[Callback]:
     if logging.epoch_summary:
         callbacks.append(EpochSummary())
     if cfg.trainer.enable_progress_bar:  # Lightning refuses a progress-bar callback when the bar is off
-        callbacks.append(ProgressBar())
+        callbacks.append(ProgressBar(refresh_rate=host_sync_steps(cfg)))  # reading the loss waits for it
     return callbacks
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from anomaly_ae.data.check import Checked, NotEnoughData, check_listing
 from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, pil_to_uint8, read_image, read_mask
 from anomaly_ae.data.listing import Listing, Problem, Sample
+from anomaly_ae.data.resident import ResidentLoader, resident_device, resident_mode, stacked_masks
 
 # Re-exported: other modules (explain/cli.py) import the decoding helpers from here.
 __all__ = [
@@ -95,6 +96,10 @@ class AnomalyDataModule(L.LightningDataModule):
     Args:
         channels: 1 or 3; None picks 3 when any image is in colour, else 1.
         cache: decode and resize every image once at setup and serve them from memory.
+        resident: auto, true or false: keep each cached split on the training device and draw batches
+            there by index (`anomaly_ae.data.resident`); auto does so on accelerators only.
+        resident_max_mb: the largest split (images and masks) kept on the device.
+        resident_eval_batch_size: evaluation batches of a resident split (None: eval_batch_size).
     """
 
     has_masks = True  # whether test masks are ground truth (pixel metrics are then meaningful)
@@ -114,6 +119,9 @@ class AnomalyDataModule(L.LightningDataModule):
         cache: bool = False,
         progress: bool = True,
         eval_resolution: str = "model",
+        resident: bool | str = "auto",
+        resident_max_mb: float = 2048,
+        resident_eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if channels not in (None, 1, 3):
@@ -127,6 +135,8 @@ class AnomalyDataModule(L.LightningDataModule):
         if eval_resolution not in ("mask", "model"):
             raise ValueError(f"eval.resolution={eval_resolution!r} is not one of 'mask', 'model'")
         self.eval_resolution = eval_resolution
+        self.resident, self.resident_max_mb = resident_mode(resident), resident_max_mb
+        self.resident_eval_batch_size = resident_eval_batch_size
         self.channels: int | None = None
         self.train_set = self.val_set = self.test_set = None
 
@@ -211,11 +221,20 @@ class AnomalyDataModule(L.LightningDataModule):
             masks = masks[rows] if any(s.mask_path for s in subset) else None
         return ImageDataset(subset, self.channels, self.image_size, images, masks)
 
-    def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, train: bool, split: str) -> DataLoader | ResidentLoader:
+        sampler = self._sampler(dataset, train)
+        batch_size = self.batch_size if train else self.eval_batch_size  # per process under DDP
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.resident != "false" and (self.resident == "true" or device.type != "cpu"):
+            masks = stacked_masks(dataset) if dataset.images is not None else None
+            if resident_device(self.resident, device, dataset, masks, self.resident_max_mb, split):
+                if not train and self.resident_eval_batch_size:
+                    batch_size = self.resident_eval_batch_size
+                return ResidentLoader(dataset, batch_size, sampler, train, device, masks)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,  # per process under DDP
-            sampler=self._sampler(dataset, train),
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=train,  # a last batch of one image would break batch norm
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -244,11 +263,11 @@ class AnomalyDataModule(L.LightningDataModule):
             )
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.train_set, train=True, split="training")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+    def val_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.val_set, train=False, split="validation")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._loader(self.test_set, train=False, split="test")

@@ -16,7 +16,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu":
 OUTPUTS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid}
 
 # Keys of conf/model that say how to run the model, not what it is: never passed to its constructor.
-RUN_OPTIONS = ("compile",)
+RUN_OPTIONS = ("compile", "channels_last")  # how to run the model, not what it is
 
 
 def architecture(config: Mapping) -> dict:

@@ -36,11 +36,17 @@ class ProgressBar(RichProgressBar):
 
 
 class LogLearningRate(Callback):
-    """train/lr every step, under the project's stage/name keys (LearningRateMonitor would say lr-Adam)."""
+    """train/lr under the project's stage/name keys (LearningRateMonitor would say lr-Adam).
+
+    Logged only on the steps the loggers write: a float logged is copied to the device, and on a GPU
+    that copy waits for the queued work, once per step.
+    """
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not trainer._logger_connector.should_update_logs:  # the loggers would not see it on this step
+            return
         pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
 

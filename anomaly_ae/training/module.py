@@ -22,6 +22,7 @@ from anomaly_ae.evaluation.thresholds import f1_and_iou, fit_thresholds
 from anomaly_ae.model.autoencoder import architecture
 from anomaly_ae.model.loss import reconstruction_loss
 from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.training.speed import adam
 
 VAL_CORRUPTION_SEED = 12345  # fixed: validation sees the same pseudo-defects every epoch
 DEFAULT_EVAL = {"resolution": "mask", "threshold": "f1", "quantile": 0.99, "max_fpr": 0.3}
@@ -39,6 +40,9 @@ class AnomalyAE(L.LightningModule):
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
         compile: run the autoencoder through torch.compile (same weights and state_dict keys).
+        channels_last: keep the scorer's weights in channels_last memory format (faster convs on GPUs).
+        sync_every_n_steps: check the loss for NaN/inf every this many steps (and at each epoch's last
+            step), so that a GPU is not made to wait for the host after every step.
 
     test_step returns each batch's scores, maps and reconstructions; `evaluation.results.TestRecorder`
     collects them into the run's TestResults, so nothing is read out of this module after testing.
@@ -58,6 +62,8 @@ class AnomalyAE(L.LightningModule):
         has_masks: bool = True,
         seed: int = 0,
         compile: bool = False,
+        channels_last: bool = False,
+        sync_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
         eval = {**DEFAULT_EVAL, **(eval or {})}
@@ -79,6 +85,7 @@ class AnomalyAE(L.LightningModule):
         self._resumed_generator_state: Tensor | None = None
         self._residual_sums: Tensor | None = None  # (3, S, S) float64: count, sum, sum of squares
         self._pending_residuals: list[tuple[Tensor, Tensor]] = []  # validation residuals and masks
+        self._finite: Tensor | None = None  # all losses since the last check finite, kept on the device
 
     @property
     def autoencoder(self) -> torch.nn.Module:
@@ -89,6 +96,8 @@ class AnomalyAE(L.LightningModule):
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.autoencoder.compile()
             self._compiled = True
+        if self.hparams.channels_last:  # moved to the device later, which keeps the memory format
+            self.scorer.to(memory_format=torch.channels_last)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(N, C, H, W) images in [0, 1] -> (anomaly maps (N, H, W), image scores (N,))."""
@@ -126,20 +135,28 @@ class AnomalyAE(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         reconstructions = self.autoencoder(batch["input"])
         loss = self._loss(reconstructions, batch)
-        if not torch.isfinite(loss):
-            self._stop_on_non_finite(loss)
+        every = self.hparams.sync_every_n_steps
+        finite = torch.isfinite(loss) if self._finite is None else self._finite & torch.isfinite(loss)
+        self._finite = finite
+        if every == 1 or (batch_idx + 1) % every == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+            self._finite = None
+            if not finite:  # the one host synchronisation
+                self._stop_on_non_finite(loss, every)
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(reconstructions)
         )
         return loss
 
-    def _stop_on_non_finite(self, loss: Tensor) -> None:
+    def _stop_on_non_finite(self, loss: Tensor, every: int = 1) -> None:
         """Stop with the step and the last checkpoint to resume from, instead of training on NaNs."""
         paths = [c.best_model_path for c in self.trainer.checkpoint_callbacks]  # [best, last]
         last = next((path for path in reversed(paths) if path), "")
         where = f"the last checkpoint is {last}" if last else "no checkpoint has been written yet"
+        # Checked every `every` steps: the first non-finite loss lies in the steps since the last check.
+        checked = f", non-finite at least once in the last {every} steps" if every > 1 else ""
+        epoch = f"epoch {self.current_epoch}{checked}"
         raise FloatingPointError(
-            f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+            f"training loss is {loss.item()} at step {self.global_step} ({epoch}); "
             f"{where}. Lower optim.lr or set trainer.gradient_clip_val, "
             "then continue with resume=<checkpoint>."
         )
@@ -237,9 +254,10 @@ class AnomalyAE(L.LightningModule):
         optim = self.hparams.optim
         # Linear scaling rule (Goyal et al. 2017): N processes see N times the batch per step.
         lr = optim["lr"] * (self.trainer.world_size if optim.get("scale_lr_with_world_size") else 1)
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=lr, betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"]
-        )
+        optimizer = adam(
+            self.parameters(), bool(optim.get("fused")), lr=lr, betas=tuple(optim["betas"]),
+            weight_decay=optim["weight_decay"],
+        )  # fmt: skip
         if optim["scheduler"] == "none":
             return optimizer
         if optim["scheduler"] != "cosine":

@@ -164,6 +164,7 @@ def test_cli_missing_mvtec_root_explains_how_to_get_data(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs 4 GPUs")
 def test_canonical_command_on_four_gpus(tmp_path):
     root = make_mvtec_tree(tmp_path / "data", category="grid", size=64, n_train=64)
     result = run_cli(
