@@ -87,6 +87,7 @@ def nullable(rule: Rule) -> Rule:
 
 
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
+AUTO_BOOLEAN = Rule(lambda v: isinstance(v, bool) or v == "auto", "auto, true or false")  # auto: on GPUs
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 PATH = Rule(lambda v: isinstance(v, str) and v != "", "a path")
 VAL_KEY = Rule(lambda v: isinstance(v, str) and v.startswith("val/"), "a validation metric (val/...)")
@@ -112,6 +113,9 @@ DATA = {
     "data.cache": BOOLEAN,
     "data.pin_memory": BOOLEAN,
     "data.download": BOOLEAN,
+    "data.resident": AUTO_BOOLEAN,
+    "data.resident_max_mb": number(0),
+    "data.resident_eval_batch_size": nullable(integer(1)),
     "category": TEXT,
     "seed": integer(),
 }
@@ -154,6 +158,11 @@ TRAIN = DATA | {
     "model.output": one_of(*OUTPUTS),
     "model.bottleneck_channels": nullable(integer(1)),
     "model.compile": BOOLEAN,
+    "model.channels_last": AUTO_BOOLEAN,
+    "optim.fused": AUTO_BOOLEAN,
+    "logging.sync_every_n_steps": Rule(
+        lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"
+    ),
     "corruption.p_corrupt": number(0, 1),
     "corruption.max_regions": integer(1),
     "corruption.min_size": number(0, 1, open_low=True),
