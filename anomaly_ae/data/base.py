@@ -13,15 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from anomaly_ae.data.check import Checked, NotEnoughData, check_listing
-from anomaly_ae.data.images import IMAGE_SUFFIXES, list_images, pil_to_uint8, read_image, read_mask
-from anomaly_ae.data.listing import Listing, Problem, Sample
+from anomaly_ae.data.images import pil_to_uint8, read_image, read_mask
+from anomaly_ae.data.listing import Listing, Sample
 from anomaly_ae.data.resident import ResidentLoader, resident_device, resident_mode, stacked_masks
-
-# Re-exported: other modules (explain/cli.py) import the decoding helpers from here.
-__all__ = [
-    "IMAGE_SUFFIXES", "AnomalyDataModule", "ImageDataset", "Listing", "Problem", "Sample",
-    "list_images", "read_image", "read_mask", "split_normals",
-]  # fmt: skip
 
 
 class ImageDataset(Dataset):

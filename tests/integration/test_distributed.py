@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
@@ -63,6 +65,7 @@ def test_several_devices_select_ddp_without_a_strategy_flag():
 class FakeTrainer:
     def __init__(self, world_size: int, global_rank: int) -> None:
         self.world_size, self.global_rank = world_size, global_rank
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"))  # where the loaders put batches
 
 
 def test_each_process_gets_a_disjoint_unpadded_share_and_training_order_depends_on_seed_and_epoch(

@@ -52,7 +52,7 @@ def test_masks_pair_with_images_by_stem_not_by_sorted_position(tmp_path):
     by_stem = {s.path.rsplit("/", 1)[-1]: s.mask_path.rsplit("/", 1)[-1] for s in test}
     assert by_stem == {"b.png": "b_mask.png", "b_1.png": "b_1_mask.png"}
     dm = MVTecDataModule(str(tmp_path), "toy", image_size=32, batch_size=1, val_fraction=0.0, num_workers=0)
-    dm.setup()
+    dm.setup("test")  # testing needs no validation split
     rows = {}
     for index, sample in enumerate(dm.test_set.samples):
         first_masked_row = dm.test_set[index]["mask"][0].any(dim=1).nonzero()[0].item()
@@ -114,7 +114,7 @@ def test_cache_serves_the_same_items_as_the_files(tmp_path):
 def test_cached_batches_come_through_worker_processes(tmp_path):
     root = make_mvtec_tree(tmp_path, n_train=8, n_good=2, n_defect=2)
     dm = datamodule(root, cache=True, num_workers=2, val_fraction=0.0, eval_batch_size=4)
-    dm.setup()
+    dm.setup("test")  # testing needs no validation split
     batches = list(dm.test_dataloader())
     images = torch.cat([b["image"] for b in batches])
     assert torch.equal(images, dm.test_set.images)

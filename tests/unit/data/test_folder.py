@@ -53,7 +53,7 @@ def test_reads_png_jpeg_bmp_tiff_in_8_and_16_bit(tmp_path: Path) -> None:
         Image.fromarray(np.repeat(array[..., None], 3, 2) if channels == 3 else array).save(path, format=fmt)
     with pytest.warns(UserWarning, match="mixed modes"):
         dm = folder_dm(normal_dir=str(tmp_path / "ok"), test_fraction=0.0, val_fraction=0.0, channels=1)
-        dm.setup()
+        dm.setup("test")  # every file in train_set; only training refuses a split without validation
     values = {Path(item["path"]).name: item["image"].unique().tolist() for item in dm.train_set}
     expected = {name: [40 + 10 * i] for i, name in enumerate(sorted(FORMATS))}
     expected["colour.jpg"] = values["colour.jpg"]  # JPEG is lossy: checked loosely below
