@@ -56,11 +56,30 @@ CONF_DIR = _config_dir()
 
 def exit_code(error: BaseException) -> int | None:
     """The documented exit code of an error of the project's own making, None for anything else."""
+    if _constructor_refusal(error) is not None:
+        return 2  # a config value a constructor refused: a bad config value, like ConfigError
     return next((code for kinds, code in exit_codes() if isinstance(error, kinds)), None)
+
+
+def _constructor_refusal(error: BaseException) -> BaseException | None:
+    """The ValueError a class of ours raised while Hydra instantiated it from the config, else None.
+
+    Constructors check their own arguments (e.g. an unknown texture category) with a sentence that names
+    the value; Hydra wraps that sentence in an InstantiationException and a traceback.
+    """
+    from hydra.errors import InstantiationException
+
+    cause = error.__cause__
+    if isinstance(error, InstantiationException) and isinstance(cause, ValueError):
+        return cause
+    return None
 
 
 def describe(error: BaseException) -> str:
     """The error's sentence; OS errors without one get what, where and how to fix."""
+    if (refusal := _constructor_refusal(error)) is not None:
+        key = str(error).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(error) else "the config"
+        return f"{refusal} (in {key}); set it on the command line or in the config file"
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         where = error.filename
         if isinstance(error, PermissionError):

@@ -111,6 +111,9 @@ CASES = [
      refused("score.reduction", "median", "one of max, topk_mean, mean")),
     ("train-normalize", train("mvtec", "score.normalize=zscore"), 2,
      refused("score.normalize", "zscore", "one of none, pixel")),
+    ("train-textures-category", [*train("mvtec", "data=textures"), "category=wood"], 2,
+     "error: data=textures category='wood' is not one of ['brick', 'grass', 'gravel'] (in data); set it on "
+     "the command line or in the config file"),
     ("train-topk", train("mvtec", "score.topk=0"), 2,
      refused("score.topk", "0", "an integer >= 1")),
     ("train-p-corrupt", train("mvtec", "corruption.p_corrupt=2"), 2,
