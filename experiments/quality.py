@@ -179,27 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     pairs, seeds = ablation.parse_datasets(args.datasets), [int(s) for s in args.seeds.split(",")]
 
+    runs = ablation.run_missing(args, variants, pairs, seeds, run_one, RUN_COLUMNS)
     table_path = Path(args.csv)
-    runs_path = table_path.with_name(f"{table_path.stem}_runs.csv")
-    budget = {"steps": str(args.steps), "image_size": str(args.image_size)}
-    runs = [
-        r
-        for r in ablation.read_runs(runs_path)
-        if all(r[k] == v for k, v in budget.items()) and int(r["seed"]) in seeds
-    ]
-    done = {(r["variant"], r["data"], r["category"], r["seed"]) for r in runs}
-    for seed in seeds:  # seed-major: a cut-short invocation still covers every variant once
-        for data, category in pairs:
-            for variant in variants:
-                if args.table_only or (variant, data, category, str(seed)) in done:
-                    continue
-                row = run_one(variant, data, category, seed, args)
-                print(f"done {variant} {data}:{category} seed {seed}: {row}", file=sys.stderr, flush=True)
-                runs.append({k: str(v) for k, v in row.items()})
-                ablation.append_row(runs_path, runs[-1], RUN_COLUMNS)
     table = ablation.summarise(runs, variants, pairs, METRICS)
     if not table:
-        sys.exit(f"no finished runs at this budget in {runs_path}")
+        sys.exit(f"no finished runs at this budget in {table_path.with_name(table_path.stem + '_runs.csv')}")
     ablation.write_rows(table_path, table, list(table[0]))
     print(
         f"{args.steps} steps of batch 16 at {args.image_size} px per run; seeds {args.seeds} (as far as run)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from hydra import compose, initialize_config_dir
@@ -84,3 +86,12 @@ def tiny_overrides(root: Path, output_dir: Path, category: str = "toy") -> list[
         "score.sigma=1",
         "trainer.check_val_every_n_epoch=1",
     ]
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of experiments/ (not a package) imported by path, as the scripts import each other."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_mvtec_tree
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "ablation.py"
-
-
-def load_ablation():
-    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script, make_mvtec_tree
 
 
 def test_ablation_table_has_a_row_per_variant_with_metrics_in_unit_range(tmp_path, capsys, one_thread):
-    ablation = load_ablation()
+    ablation = load_script("ablation")
     root = make_mvtec_tree(tmp_path / "mvtec")
     table = tmp_path / "ablation.csv"
     argv = ["--variants", "plain_ae,gaussian_dae", "--datasets", "mvtec:toy", "--seeds", "0", "--steps", "2",
@@ -61,7 +50,7 @@ def test_ablation_table_has_a_row_per_variant_with_metrics_in_unit_range(tmp_pat
 
 
 def test_bad_choices_name_the_options(tmp_path):
-    ablation = load_ablation()
+    ablation = load_script("ablation")
     with pytest.raises(SystemExit, match=f"no finished runs at this budget in {tmp_path}/none_runs.csv"):
         ablation.main(["--table-only", "--csv", str(tmp_path / "none.csv")])
     assert ablation.parse_datasets("textures,elpv:mono") == [
@@ -76,7 +65,7 @@ def test_bad_choices_name_the_options(tmp_path):
 
 
 def test_summary_rows_and_category_mean_over_complete_seeds():
-    ablation = load_ablation()
+    ablation = load_script("ablation")
 
     def run(category: str, seed: int, auroc: float) -> dict:
         return {"variant": "paper_a", "data": "textures", "category": category, "seed": str(seed),
@@ -106,7 +95,7 @@ def test_summary_rows_and_category_mean_over_complete_seeds():
 
 
 def test_a_run_repeated_by_parallel_invocations_counts_once(tmp_path):
-    ablation = load_ablation()
+    ablation = load_script("ablation")
     path = tmp_path / "ablation_runs.csv"
     base = {"variant": "paper_a", "data": "elpv", "category": "mono", "steps": 2, "image_size": 32,
             "pixel_auroc": "nan", "pixel_aupro": "nan", "fit_seconds": 1.0}  # fmt: skip

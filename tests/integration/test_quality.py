@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "quality.py"
-
-
-def load_quality():
-    spec = importlib.util.spec_from_file_location("quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def test_quick_suite_tabulates_families_speed_and_the_leave_one_out_check(tmp_path, capsys, one_thread):
-    quality = load_quality()
+    quality = load_script("quality")
     table = tmp_path / "quality.csv"
     argv = ["--quick", "--variants", "elpv_arch,elpv_arch_no_self", "--datasets", "textures:brick",
             "--seeds", "0", "--csv", str(table), "--output-dir", str(tmp_path / "runs"),
@@ -58,7 +50,7 @@ def test_quick_suite_tabulates_families_speed_and_the_leave_one_out_check(tmp_pa
 
 
 def test_family_auroc_from_scores_csv(tmp_path):
-    quality = load_quality()
+    quality = load_script("quality")
     path = tmp_path / "scores.csv"
     rows = [("g1", 0, "good", 0.1), ("g2", 0, "good", 0.3), ("s1", 1, "scratch", 0.2),
             ("s2", 1, "scratch", 0.4), ("h1", 1, "hole", 0.9), ("h2", 1, "hole", 0.3)]  # fmt: skip

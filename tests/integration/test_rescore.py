@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from anomaly_ae.cli.train import fit
-from tests.helpers import compose_config, tiny_overrides
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "rescore.py"
+from tests.helpers import compose_config, load_script, tiny_overrides
 
 
 def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("rescore", SCRIPT)
-    rescore = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rescore)
+    rescore = load_script("rescore")
     fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=2"]))
     rows = rescore.rescore(tmp_path / "run", rescore.VARIANTS)
     assert [row["score"] for row in rows] == list(rescore.VARIANTS)
