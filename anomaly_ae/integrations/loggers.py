@@ -24,7 +24,8 @@ def wandb_mode(mode: str | None) -> str | None:
     if mode is not None or os.environ.get("WANDB_MODE"):
         return mode  # None lets wandb read WANDB_MODE itself
     wandb = require("wandb", "wandb")
-
+    if os.environ.get("WANDB_API_KEY"):  # a login in the environment: no need to start wandb's service to ask
+        return None
     return None if wandb.login(prompt=False, verify=False) else "offline"
 
 
