@@ -24,6 +24,7 @@ from anomaly_ae.data.images import as_float
 from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics
 from anomaly_ae.inference.loading import load_module
 from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.model.scoring import residual_sums
 
 VARIANTS = {  # score options on top of the run's own
     "as trained": {},
@@ -47,10 +48,8 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
         if score.get("normalize", "none") != "none":  # statistics of clean validation images only
             sums = torch.zeros(3, size, size, dtype=torch.float64)
             for batch in datamodule.val_dataloader():
-                residual = scorer.residual(as_float(batch["image"])).double()
-                sums += torch.stack(
-                    [torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)]
-                )
+                residual = scorer.residual(as_float(batch["image"]))
+                sums += residual_sums(residual)
             scorer.fit_normalization(sums[1], sums[2], float(sums[0, 0, 0]))
         image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
         scores, labels, families = [], [], []

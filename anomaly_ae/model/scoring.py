@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from kornia.filters import get_gaussian_kernel1d
 from torch import Tensor
@@ -52,6 +53,16 @@ def residual_map(images: Tensor, reconstructions: Tensor) -> Tensor:
 def anomaly_map(images: Tensor, reconstructions: Tensor, sigma: float = 4.0) -> Tensor:
     """Squared residual averaged over channels, then smoothed: (N, C, H, W) x2 -> (N, H, W)."""
     return smooth(residual_map(images, reconstructions), sigma)
+
+
+def residual_sums(residual: Tensor) -> Tensor:
+    """(N, H, W) residual maps -> (3, H, W) float64 count, sum and sum of squares per pixel position.
+
+    Summed over batches (and DDP ranks), they give `residual_statistics`; float64 because the variance is
+    a difference of two sums.
+    """
+    residual = residual.double()
+    return torch.stack([torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)])
 
 
 def residual_statistics(total: Tensor, total_sq: Tensor, count: float) -> tuple[Tensor, Tensor]:

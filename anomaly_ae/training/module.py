@@ -22,6 +22,7 @@ from anomaly_ae.evaluation.thresholds import f1_and_iou, fit_thresholds
 from anomaly_ae.model.autoencoder import architecture
 from anomaly_ae.model.loss import reconstruction_loss
 from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.model.scoring import residual_sums
 from anomaly_ae.training.speed import adam
 
 VAL_CORRUPTION_SEED = 12345  # fixed: validation sees the same pseudo-defects every epoch
@@ -184,8 +185,7 @@ class AnomalyAE(L.LightningModule):
 
     def _accumulate_clean_residuals(self, images: Tensor) -> None:
         """Per-pixel sums of the residual of clean validation images (never test data), for normalisation."""
-        residual = self.scorer.residual(images).double()  # float64: the variance is a difference of sums
-        sums = torch.stack([torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)])
+        sums = residual_sums(self.scorer.residual(images))
         self._residual_sums = sums if self._residual_sums is None else self._residual_sums + sums
 
     def on_validation_epoch_end(self) -> None:
