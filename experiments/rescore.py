@@ -2,7 +2,7 @@
 
 Run: PYTHONPATH=. python experiments/rescore.py <run dir> [<run dir> ...]
 
-The score options (normalisation, flip averaging, the reduction) do not change training, so they are
+The score options (residual, normalisation, flip averaging, the reduction) do not change training, so they are
 compared on the weights a run selected (its checkpoints/best.ckpt) instead of training again. Leak-free:
 per-pixel statistics come from the clean validation images of the run's own split (its config.yaml),
 never from test images. Per run and variant: image AUROC, pixel AUROC and AUPRO of the test split, and the
@@ -28,10 +28,13 @@ from anomaly_ae.model.scoring import residual_sums
 
 VARIANTS = {  # score options on top of the run's own
     "as trained": {},
+    "normalize=none": {"normalize": "none"},
     "normalize=pixel": {"normalize": "pixel"},
     "flip_average": {"flip_average": True},
     "normalize=pixel + flip_average": {"normalize": "pixel", "flip_average": True},
     "reduction=topk_mean": {"reduction": "topk_mean"},
+    "residual=multiscale": {"residual": "multiscale"},
+    "residual=gradient": {"residual": "gradient"},
 }
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from anomaly_ae.corruption.structured import FILLS, FOREIGN_SOURCES, SHAPES
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS
-from anomaly_ae.model.scoring import NORMALIZATIONS, REDUCTIONS
+from anomaly_ae.model.scoring import NORMALIZATIONS, REDUCTIONS, RESIDUALS
 
 # Above this side the first full-resolution layer alone holds width x side^2 float32 activations per image
 # (32 x 4096^2 x 4 B = 2 GB): larger photos are tiled or resized before they reach the model.
@@ -138,6 +138,7 @@ TRAIN = DATA | {
     "score.topk": integer(1),
     "score.normalize": one_of(*NORMALIZATIONS),
     "score.flip_average": BOOLEAN,
+    "score.residual": one_of(*RESIDUALS),
     "eval.resolution": one_of("mask", "model"),
     "eval.threshold": one_of("f1", "quantile"),
     "eval.quantile": number(0, 1, open_low=True, open_high=True),

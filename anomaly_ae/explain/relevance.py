@@ -33,6 +33,9 @@ from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import image_score
 
 KINDS = ("lrp", "gradient", "gradient_x_input", "residual")
+# score.residual values that are quadratic forms of x - f(x) (squared differences of linear maps of it), so
+# that s = sum a * r holds exactly; the gradient residual compares edge strengths of x and f(x) separately.
+QUADRATIC_RESIDUALS = ("squared", "multiscale")
 RESIDUAL_RULES = ("gated", "root")
 POOLINGS = ("sum", "l2")
 
@@ -110,6 +113,12 @@ def scorer_score(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: T
 
 def residual_weights(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: Tensor | None) -> tuple:
     """(scores (N,), a (N, C, H, W)) with scores == sum(a * (images - recon)) per image."""
+    if scorer.residual_kind not in QUADRATIC_RESIDUALS:
+        raise ValueError(
+            f"LRP (kind=lrp, residual=root) needs a score that is a quadratic form of x - f(x), "
+            f"score.residual in {QUADRATIC_RESIDUALS}; this model scores with score.residual="
+            f"{scorer.residual_kind}: use explain=gradient or explain=gradient_x_input"
+        )
     recon = recon.detach().requires_grad_()
     with torch.enable_grad():
         scores = scorer_score(scorer, images.detach(), recon, region)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from anomaly_ae.model.scoring import (
     NORMALIZATIONS,
+    RESIDUALS,
     gaussian_kernel,
     image_score,
     residual_map,
@@ -21,11 +22,19 @@ from anomaly_ae.model.scoring import (
     smoothing_radius,
 )
 
-DEFAULT_SCORE = {"sigma": 4.0, "reduction": "max", "topk": 100, "normalize": "none", "flip_average": False}
+# What a checkpoint that predates an option scored with: its `score:` is completed with these values.
+DEFAULT_SCORE = {
+    "sigma": 4.0,
+    "reduction": "max",
+    "topk": 100,
+    "normalize": "none",
+    "flip_average": False,
+    "residual": "squared",
+}
 
 
 class AnomalyScorer(nn.Module):
-    """Autoencoder -> squared residual (channel mean) -> [per-pixel z-score] -> Gaussian smoothing -> score.
+    """Autoencoder -> residual (squared, multiscale or gradient) -> [per-pixel z-score] -> smoothing -> score.
 
     Args:
         autoencoder: maps (N, C, H, W) images in [0, 1] to reconstructions of the same shape.
@@ -36,6 +45,7 @@ class AnomalyScorer(nn.Module):
             validation images (`fit_normalization`); needs image_size.
         flip_average: the residual is the mean of that of the image and the re-flipped residual of the
             horizontally flipped image (test-time augmentation, a second autoencoder pass).
+        residual: the per-pixel residual, one of RESIDUALS (`scoring.residual_map`).
     """
 
     def __init__(
@@ -47,8 +57,12 @@ class AnomalyScorer(nn.Module):
         image_size: int | None = None,
         normalize: str = "none",
         flip_average: bool = False,
+        residual: str = "squared",
     ) -> None:
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"score.residual={residual!r} is not one of {RESIDUALS}")
+        self.residual_kind = residual
         self.autoencoder = autoencoder
         self.sigma, self.reduction, self.topk = float(sigma), reduction, int(topk)
         self.normalize, self.flip_average = normalize, bool(flip_average)
@@ -70,23 +84,31 @@ class AnomalyScorer(nn.Module):
     def from_config(
         cls, autoencoder: nn.Module, score: Mapping, image_size: int | None = None
     ) -> AnomalyScorer:
-        """From a `score:` config (sigma, reduction, topk, normalize, flip_average); missing keys: default."""
+        """From a `score:` config (the keys of DEFAULT_SCORE); missing keys take DEFAULT_SCORE's value."""
         o = {**DEFAULT_SCORE, **dict(score)}
         return cls(
-            autoencoder, o["sigma"], o["reduction"], o["topk"], image_size, o["normalize"], o["flip_average"]
+            autoencoder,
+            o["sigma"],
+            o["reduction"],
+            o["topk"],
+            image_size,
+            o["normalize"],
+            o["flip_average"],
+            o["residual"],
         )
 
     def residual(self, images: Tensor, reconstructions: Tensor | None = None) -> Tensor:
-        """(N, C, H, W) images -> (N, H, W) squared residual before normalisation and smoothing.
+        """(N, C, H, W) images -> (N, H, W) residual before normalisation and smoothing.
 
         `reconstructions` of `images`, when the caller has them, save one autoencoder pass.
         """
         if reconstructions is None:
             reconstructions = self.autoencoder(images)
-        residual = residual_map(images, reconstructions)
+        residual = residual_map(images, reconstructions, self.residual_kind)
         if self.flip_average:  # flipped back, so both terms describe the same pixel of `images`
             flipped = images.flip(-1)
-            residual = 0.5 * (residual + residual_map(flipped, self.autoencoder(flipped)).flip(-1))
+            mirrored = residual_map(flipped, self.autoencoder(flipped), self.residual_kind).flip(-1)
+            residual = 0.5 * (residual + mirrored)
         return residual
 
     def normalized(self, residual: Tensor) -> Tensor:

@@ -6,11 +6,17 @@ import math
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import get_gaussian_kernel1d
+from kornia.filters import get_gaussian_kernel1d, sobel
 from torch import Tensor
 
 REDUCTIONS = ("max", "topk_mean", "mean")
 NORMALIZATIONS = ("none", "pixel")
+RESIDUALS = ("squared", "multiscale", "gradient")
+# Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
+SCALES = (1, 2, 4, 8)
+# The stabilising constant of gradient-magnitude similarity. RIAD's 0.0026 is for Prewitt/3 kernels, whose
+# response to a ramp is twice kornia's normalised Sobel; similarity compares squared magnitudes, hence / 4.
+GMS_CONSTANT = 0.0026 / 4
 # A pixel whose clean residual barely varies (a background the autoencoder copies exactly) would get a
 # near-zero std and turn any tiny deviation into a huge z-score that dominates the max; 1 % of the mean std
 # bounds that gain at 100x the typical pixel's.
@@ -45,9 +51,51 @@ def smooth(maps: Tensor, sigma: float, kernel: Tensor | None = None) -> Tensor:
     return out[:, 0]
 
 
-def residual_map(images: Tensor, reconstructions: Tensor) -> Tensor:
-    """Squared residual averaged over channels: (N, C, H, W) x2 -> (N, H, W)."""
-    return (images.float() - reconstructions.float()).pow(2).mean(dim=1)
+def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared") -> Tensor:
+    """Per-pixel residual of a reconstruction: (N, C, H, W) x2 -> (N, H, W); `kind` one of RESIDUALS.
+
+    squared: the squared difference, averaged over channels. multiscale: the mean over SCALES of the
+    squared difference of the 2x2-average-pooled images, upsampled back: three of its four terms compare
+    local means, so fine texture detail that the autoencoder cannot reproduce weighs less than a change of
+    tone or a missing region. gradient: 1 - multi-scale gradient-magnitude similarity of the grey images,
+    high where an edge appears, vanishes or changes strength (a blur, a scratch), insensitive to a uniform
+    shift of brightness.
+    """
+    images, reconstructions = images.float(), reconstructions.float()
+    if kind == "squared":
+        return (images - reconstructions).pow(2).mean(dim=1)
+    if kind == "multiscale":
+        return _pyramid_mean(images, reconstructions, lambda a, b: (a - b).pow(2).mean(dim=1, keepdim=True))
+    if kind == "gradient":
+        return _pyramid_mean(
+            images.mean(1, keepdim=True), reconstructions.mean(1, keepdim=True), _gms_distance
+        )
+    raise ValueError(f"score.residual={kind!r} is not one of {RESIDUALS}")
+
+
+def _gms_distance(a: Tensor, b: Tensor) -> Tensor:
+    """1 - gradient-magnitude similarity of two (N, 1, h, w) grey images, in [0, 1]."""
+    ga, gb = sobel(a), sobel(b)  # sobel's eps keeps the backward pass of explanations finite
+    return 1 - (2 * ga * gb + GMS_CONSTANT) / (ga.pow(2) + gb.pow(2) + GMS_CONSTANT)
+
+
+def _pyramid_mean(images: Tensor, reconstructions: Tensor, distance) -> Tensor:
+    """Mean over SCALES of `distance` of the average-pooled pair, each map upsampled back: -> (N, H, W).
+
+    Written with avg_pool2d and interpolate rather than a pyramid helper so that ONNX export traces it as
+    plain ops; levels below 4x4 pixels are skipped (a tiny test image keeps its coarse levels valid).
+    """
+    size, maps = images.shape[-2:], []
+    for scale in SCALES:
+        if scale > 1 and min(size) // scale < 4:
+            break
+        a = F.avg_pool2d(images, scale) if scale > 1 else images
+        b = F.avg_pool2d(reconstructions, scale) if scale > 1 else reconstructions
+        level = distance(a, b)
+        if scale > 1:
+            level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        maps.append(level)
+    return torch.stack(maps).mean(dim=0)[:, 0]
 
 
 def anomaly_map(images: Tensor, reconstructions: Tensor, sigma: float = 4.0) -> Tensor:

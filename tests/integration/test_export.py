@@ -147,7 +147,12 @@ def test_export_cli_writes_pt2_and_reports_the_difference(tiny_checkpoint, tmp_p
     assert Detector.load(output, device="cpu").image_size == 32
 
 
-SCORE_OPTIONS = {"normalize": {"normalize": "pixel"}, "flip": {"flip_average": True}}
+SCORE_OPTIONS = {
+    "normalize": {"normalize": "pixel"},
+    "flip": {"flip_average": True},
+    "multiscale": {"residual": "multiscale"},
+    "gradient": {"residual": "gradient", "normalize": "pixel"},
+}
 
 
 @pytest.mark.parametrize("option", SCORE_OPTIONS)

@@ -122,6 +122,22 @@ def test_total_relevance_equals_the_score_without_biases(method):
         torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("method", [LRP[0], ALL[len(LRP)]], ids=lambda m: m.name)
+def test_the_multiscale_residual_is_quadratic_so_lrp_still_conserves_the_score(method):
+    scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed"), sigma=1.0, residual="multiscale")
+    result = explain(scorer, torch.rand(2, 3, 32, 32), method)
+    torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-3, atol=0)
+
+
+def test_lrp_of_the_gradient_residual_is_refused_and_the_gradient_still_explains_it():
+    scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed"), sigma=1.0, residual="gradient")
+    images = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"score.residual=gradient: use explain=gradient or"):
+        explain(scorer, images, LRP[0])
+    result = explain(scorer, images, Method("gradient", kind="gradient", pooling="l2"))
+    assert result.heatmap.shape == (2, 32, 32) and result.heatmap.abs().sum() > 0
+
+
 @pytest.mark.parametrize("method", [m for m in ALL if m.kind != "residual"], ids=lambda m: m.name)
 def test_relevance_concentrates_on_the_altered_region(method):
     image, mask = spot_image()

@@ -79,6 +79,34 @@ def test_std_is_clamped_so_a_constant_pixel_cannot_blow_up():
     assert torch.isfinite(scorer.anomaly_map(clean)).all()
 
 
+@pytest.mark.parametrize("residual", ["multiscale", "gradient"])
+def test_every_residual_normalises_to_zero_mean_and_unit_std_on_clean_images(residual):
+    generator = torch.Generator().manual_seed(1)
+    scorer = fitted_scorer(bright_border_images(4000, generator), sigma=0, residual=residual)
+    held_out = bright_border_images(4000, generator)
+    raw = residual_map(held_out, torch.zeros_like(held_out), residual)
+    assert (raw.mean(0).amax() / raw.mean(0).amin()) > 2  # a position-dependent baseline to remove
+    normalised = scorer.anomaly_map(held_out)
+    assert normalised.mean(0).abs().max() < 0.1
+    # The gradient residual of noise is skewed (near 1 against a black reconstruction), so 4,000 draws
+    # estimate each pixel's std less tightly: unit scale on average, every pixel within 0.2.
+    assert normalised.std(0).mean() == pytest.approx(1, abs=0.02)
+    assert (normalised.std(0) - 1).abs().max() < 0.2
+
+
+def test_a_checkpoint_without_a_residual_key_scores_with_the_squared_residual():
+    scorer = AnomalyScorer.from_config(Zeros(), {"sigma": 0.0}, SIZE)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    assert scorer.residual_kind == "squared"
+    assert torch.allclose(scorer.anomaly_map(images), images[:, 0].pow(2))
+    assert AnomalyScorer.from_config(Zeros(), {"residual": "gradient"}, SIZE).residual_kind == "gradient"
+
+
+def test_an_unknown_residual_fails_when_the_scorer_is_built():
+    with pytest.raises(ValueError, match=r"score.residual='l1' is not one of"):
+        AnomalyScorer(Zeros(), residual="l1")
+
+
 def test_flip_average_of_a_mirror_symmetric_autoencoder_equals_the_plain_map():
     symmetric = Conv(torch.tensor([[0.1, 0.2, 0.1], [0.3, 0.5, 0.3], [0.0, 0.4, 0.0]]))
     images = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))

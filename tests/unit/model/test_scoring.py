@@ -5,7 +5,7 @@ from scipy.ndimage import gaussian_filter
 
 from anomaly_ae.data.images import as_float
 from anomaly_ae.model.loss import reconstruction_loss
-from anomaly_ae.model.scoring import anomaly_map, image_score
+from anomaly_ae.model.scoring import GMS_CONSTANT, RESIDUALS, anomaly_map, image_score, residual_map
 
 
 def test_anomaly_map_is_channel_mean_of_squared_residual():
@@ -50,3 +50,48 @@ def test_weighted_loss_normalises_clean_and_corrupted_separately():
 
 def test_as_float_scales_uint8():
     assert as_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
+
+
+def checkerboard(size: int) -> torch.Tensor:
+    """(1, 1, size, size) of +-1 alternating per pixel: zero mean over every aligned 2x2 block."""
+    index = torch.arange(size)
+    return ((index[:, None] + index[None, :]) % 2 * 2 - 1).float()[None, None]
+
+
+def test_multiscale_residual_weighs_pixel_scale_detail_by_a_third_and_tone_changes_fully():
+    images = torch.full((1, 1, 16, 16), 0.5)  # 16 px: levels 1, 1/2, 1/4 (1/8 would be 2x2, skipped)
+    detail = images + 0.1 * checkerboard(16)  # zero-mean detail: averaged away by every pooled level
+    shifted = images + 0.1  # a change of tone: the same 0.01 at every level
+    assert residual_map(images, detail, "squared") == pytest.approx(torch.full((1, 16, 16), 0.01))
+    assert residual_map(images, detail, "multiscale") == pytest.approx(torch.full((1, 16, 16), 0.01 / 3))
+    assert residual_map(images, shifted, "multiscale") == pytest.approx(torch.full((1, 16, 16), 0.01))
+
+
+def test_gradient_residual_is_one_minus_gradient_magnitude_similarity():
+    ramp = (0.1 * torch.arange(7.0)).expand(1, 1, 7, 7)  # 7 px: the full-size level only
+    flat = torch.full((1, 1, 7, 7), 0.5)
+    ga, gb = (0.1**2 + 1e-6) ** 0.5, 1e-6**0.5  # kornia's Sobel magnitude with its eps inside the root
+    expected = 1 - (2 * ga * gb + GMS_CONSTANT) / (ga**2 + gb**2 + GMS_CONSTANT)
+    got = residual_map(ramp, flat, "gradient")[0]
+    assert got[1:-1, 1:-1] == pytest.approx(torch.full((5, 5), expected), rel=1e-5)  # inside the border
+    assert expected > 0.9  # an edge that vanished (a blur) scores near 1
+
+
+def test_gradient_residual_ignores_a_uniform_brightness_shift():
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+    brighter = images + 0.3
+    assert residual_map(images, brighter, "gradient").abs().max() < 1e-6
+    assert residual_map(images, brighter, "squared").min() == pytest.approx(0.09)
+
+
+@pytest.mark.parametrize("kind", RESIDUALS)
+def test_every_residual_of_an_exact_reconstruction_is_zero(kind):
+    images = torch.rand(2, 3, 32, 32)
+    assert residual_map(images, images.clone(), kind).abs().max() < 1e-6
+
+
+def test_an_unknown_residual_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"score.residual='ssim' is not one of \('squared', 'multiscale', 'gradient'\)"
+    ):
+        residual_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "ssim")
