@@ -35,6 +35,7 @@ VARIANTS = {  # score options on top of the run's own
     "reduction=topk_mean": {"reduction": "topk_mean"},
     "residual=multiscale": {"residual": "multiscale"},
     "residual=gradient": {"residual": "gradient"},
+    "residual=squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
 }
 
 
@@ -49,11 +50,9 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
         score = {**module.hparams.score, **options}
         scorer = AnomalyScorer.from_config(module.autoencoder, score, size).eval()
         if score.get("normalize", "none") != "none":  # statistics of clean validation images only
-            sums = torch.zeros(3, size, size, dtype=torch.float64)
-            for batch in datamodule.val_dataloader():
-                residual = scorer.residual(as_float(batch["image"]))
-                sums += residual_sums(residual)
-            scorer.fit_normalization(sums[1], sums[2], float(sums[0, 0, 0]))
+            batches = datamodule.val_dataloader()
+            sums = sum(residual_sums(scorer.residual(as_float(b["image"]))) for b in batches)
+            scorer.fit_normalization(sums[1], sums[2], float(sums[0].flatten()[0]))
         image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
         scores, labels, families = [], [], []
         for batch in datamodule.test_dataloader():

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from anomaly_ae.corruption.structured import FILLS, FOREIGN_SOURCES, SHAPES
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS
-from anomaly_ae.model.scoring import NORMALIZATIONS, REDUCTIONS, RESIDUALS
+from anomaly_ae.model.scoring import COMPONENTS, NORMALIZATIONS, REDUCTIONS, RESIDUALS
 
 # Above this side the first full-resolution layer alone holds width x side^2 float32 activations per image
 # (32 x 4096^2 x 4 B = 2 GB): larger photos are tiled or resized before they reach the model.
@@ -265,6 +265,12 @@ def _check_training(cfg: DictConfig) -> None:
     if _ABSENT not in (low, high) and low > high:
         raise ConfigError(
             f"corruption.min_size={low} is above corruption.max_size={high}: lower min_size or raise max_size"
+        )
+    residual, normalize = _value(cfg, "score.residual"), _value(cfg, "score.normalize")
+    if residual in COMPONENTS and normalize not in ("pixel", _ABSENT):
+        raise ConfigError(
+            f"score.residual={residual} averages z-scores of its maps and needs score.normalize=pixel; "
+            f"got score.normalize={normalize}: set score.normalize=pixel or choose another score.residual"
         )
     if _value(cfg, "trainer.max_epochs") == 0:
         raise ConfigError(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly_ae.model.scoring import (
+    COMPONENTS,
     NORMALIZATIONS,
     RESIDUALS,
     gaussian_kernel,
@@ -45,7 +46,8 @@ class AnomalyScorer(nn.Module):
             validation images (`fit_normalization`); needs image_size.
         flip_average: the residual is the mean of that of the image and the re-flipped residual of the
             horizontally flipped image (test-time augmentation, a second autoencoder pass).
-        residual: the per-pixel residual, one of RESIDUALS (`scoring.residual_map`).
+        residual: the per-pixel residual, one of RESIDUALS (`scoring.residual_map`); one made of several
+            maps (`scoring.COMPONENTS`) needs normalize=pixel, which z-scores each before averaging them.
     """
 
     def __init__(
@@ -72,13 +74,20 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("kernel", kernel, persistent=False)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"score.normalize={normalize!r} is not one of {NORMALIZATIONS}")
+        if residual in COMPONENTS and normalize != "pixel":
+            raise ValueError(
+                f"score.residual={residual} averages z-scored maps and needs score.normalize=pixel; "
+                f"got score.normalize={normalize}"
+            )
         if normalize == "pixel":
             if not image_size:
                 raise ValueError("score.normalize=pixel needs the model input size (image_size)")
             # Persistent, and registered only here: checkpoints carry the fitted statistics, while those
-            # written with normalize=none keep their keys and load strictly. Mean 0, std 1 until fitted.
-            self.register_buffer("residual_mean", torch.zeros(image_size, image_size))
-            self.register_buffer("residual_std", torch.ones(image_size, image_size))
+            # written with normalize=none keep their keys and load strictly. Mean 0, std 1 until fitted;
+            # one (H, W) pair per component of a residual made of several maps.
+            shape = (len(COMPONENTS[residual]),) if residual in COMPONENTS else ()
+            self.register_buffer("residual_mean", torch.zeros(*shape, image_size, image_size))
+            self.register_buffer("residual_std", torch.ones(*shape, image_size, image_size))
 
     @classmethod
     def from_config(
@@ -98,7 +107,8 @@ class AnomalyScorer(nn.Module):
         )
 
     def residual(self, images: Tensor, reconstructions: Tensor | None = None) -> Tensor:
-        """(N, C, H, W) images -> (N, H, W) residual before normalisation and smoothing.
+        """(N, C, H, W) images -> (N, H, W) residual before normalisation and smoothing; (N, K, H, W) for a
+        residual of K components.
 
         `reconstructions` of `images`, when the caller has them, save one autoencoder pass.
         """
@@ -112,19 +122,21 @@ class AnomalyScorer(nn.Module):
         return residual
 
     def normalized(self, residual: Tensor) -> Tensor:
-        """(N, H, W) residual -> z-scores against clean validation images when normalize=pixel."""
+        """(N, [K,] H, W) residual -> (N, H, W) z-scores against clean validation images when
+        normalize=pixel, averaged over the K components."""
         if self.normalize == "none":
             return residual
-        if residual.shape[-2:] != self.residual_mean.shape:
+        if residual.shape[-2:] != self.residual_mean.shape[-2:]:
             raise ValueError(
-                f"score.normalize=pixel holds statistics at {tuple(self.residual_mean.shape)}; "
+                f"score.normalize=pixel holds statistics at {tuple(self.residual_mean.shape[-2:])}; "
                 f"got maps of {tuple(residual.shape[-2:])}: score images at the model input size"
             )
-        return (residual - self.residual_mean) / self.residual_std
+        z = (residual - self.residual_mean) / self.residual_std
+        return z.mean(dim=1) if z.dim() == 4 else z
 
     @torch.no_grad()
     def fit_normalization(self, total: Tensor, total_sq: Tensor, count: float) -> None:
-        """Set the per-pixel statistics from (H, W) sums and sums of squares of `count` clean residuals."""
+        """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals."""
         mean, std = residual_statistics(total, total_sq, count)
         self.residual_mean.copy_(mean)
         self.residual_std.copy_(std)

@@ -11,7 +11,10 @@ from torch import Tensor
 
 REDUCTIONS = ("max", "topk_mean", "mean")
 NORMALIZATIONS = ("none", "pixel")
-RESIDUALS = ("squared", "multiscale", "gradient")
+RESIDUALS = ("squared", "multiscale", "gradient", "squared_and_gradient")
+# Residuals made of several maps, each z-scored with its own clean statistics before they are averaged: the
+# squared residual and the gradient distance live on scales two orders of magnitude apart.
+COMPONENTS = {"squared_and_gradient": ("squared", "gradient")}
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)
 # The stabilising constant of gradient-magnitude similarity. RIAD's 0.0026 is for Prewitt/3 kernels, whose
@@ -54,6 +57,9 @@ def smooth(maps: Tensor, sigma: float, kernel: Tensor | None = None) -> Tensor:
 def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared") -> Tensor:
     """Per-pixel residual of a reconstruction: (N, C, H, W) x2 -> (N, H, W); `kind` one of RESIDUALS.
 
+    A kind of COMPONENTS gives (N, K, H, W), one map per component, for `AnomalyScorer.normalized` to
+    z-score and average.
+
     squared: the squared difference, averaged over channels. multiscale: the mean over SCALES of the
     squared difference of the 2x2-average-pooled images, upsampled back: three of its four terms compare
     local means, so fine texture detail that the autoencoder cannot reproduce weighs less than a change of
@@ -62,6 +68,8 @@ def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared")
     shift of brightness.
     """
     images, reconstructions = images.float(), reconstructions.float()
+    if kind in COMPONENTS:
+        return torch.stack([residual_map(images, reconstructions, part) for part in COMPONENTS[kind]], dim=1)
     if kind == "squared":
         return (images - reconstructions).pow(2).mean(dim=1)
     if kind == "multiscale":
@@ -104,7 +112,7 @@ def anomaly_map(images: Tensor, reconstructions: Tensor, sigma: float = 4.0) -> 
 
 
 def residual_sums(residual: Tensor) -> Tensor:
-    """(N, H, W) residual maps -> (3, H, W) float64 count, sum and sum of squares per pixel position.
+    """(N, [K,] H, W) residual maps -> (3, [K,] H, W) float64 count, sum and sum of squares per position.
 
     Summed over batches (and DDP ranks), they give `residual_statistics`; float64 because the variance is
     a difference of two sums.
@@ -116,11 +124,13 @@ def residual_sums(residual: Tensor) -> Tensor:
 def residual_statistics(total: Tensor, total_sq: Tensor, count: float) -> tuple[Tensor, Tensor]:
     """Per-pixel mean and std (clamped from below) from sums and sums of squares of `count` maps.
 
-    (H, W) sums, best in float64 (the variance is a difference of two sums) -> (H, W) float32 mean, std.
+    ([K,] H, W) sums, best in float64 (the variance is a difference of two sums) -> float32 mean, std of
+    the same shape; the floor is per component, whose scales differ.
     """
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
-    floor = (MIN_STD_FRACTION * std.mean()).clamp_min(1e-12)  # 1e-12: an all-constant map must not give 0
+    floor = MIN_STD_FRACTION * std.mean(dim=(-2, -1), keepdim=True)
+    floor = floor.clamp_min(1e-12)  # an all-constant map must not give 0
     return mean.float(), std.clamp_min(floor).float()
 
 

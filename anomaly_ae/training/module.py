@@ -84,7 +84,7 @@ class AnomalyAE(L.LightningModule):
         self.threshold_source = {"image": "not fitted", "pixel": "not fitted"}
         self._generator: torch.Generator | None = None
         self._resumed_generator_state: Tensor | None = None
-        self._residual_sums: Tensor | None = None  # (3, S, S) float64: count, sum, sum of squares
+        self._residual_sums: Tensor | None = None  # (3, [K,] S, S) float64: count, sum, sum of squares
         self._pending_residuals: list[tuple[Tensor, Tensor]] = []  # validation residuals and masks
         self._finite: Tensor | None = None  # all losses since the last check finite, kept on the device
 
@@ -191,7 +191,7 @@ class AnomalyAE(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._residual_sums is not None:  # before the metrics: they score with the new statistics
             count, total, total_sq = self.trainer.strategy.reduce(self._residual_sums, reduce_op="sum")
-            self.scorer.fit_normalization(total, total_sq, float(count[0, 0]))
+            self.scorer.fit_normalization(total, total_sq, float(count.flatten()[0]))
             for residual, masks in self._pending_residuals:
                 self._update_val_metrics(self.scorer.residual_to_map(residual), masks)
             self._residual_sums, self._pending_residuals = None, []

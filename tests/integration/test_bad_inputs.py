@@ -111,6 +111,11 @@ CASES = [
      refused("score.reduction", "median", "one of max, topk_mean, mean")),
     ("train-normalize", train("mvtec", "score.normalize=zscore"), 2,
      refused("score.normalize", "zscore", "one of none, pixel")),
+    ("train-components-unnormalised",
+     train("mvtec", "score.residual=squared_and_gradient", "score.normalize=none"), 2,
+     "error: score.residual=squared_and_gradient averages z-scores of its maps and needs "
+     "score.normalize=pixel; got score.normalize=none: set score.normalize=pixel or choose another "
+     "score.residual"),
     ("train-textures-category", [*train("mvtec", "data=textures"), "category=wood"], 2,
      "error: data=textures category='wood' is not one of ['brick', 'grass', 'gravel'] (in data); set it on "
      "the command line or in the config file"),

@@ -152,6 +152,7 @@ SCORE_OPTIONS = {
     "flip": {"flip_average": True},
     "multiscale": {"residual": "multiscale"},
     "gradient": {"residual": "gradient", "normalize": "pixel"},
+    "squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
 }
 
 

@@ -94,6 +94,27 @@ def test_every_residual_normalises_to_zero_mean_and_unit_std_on_clean_images(res
     assert (normalised.std(0) - 1).abs().max() < 0.2
 
 
+def test_squared_and_gradient_averages_the_z_scores_of_each_component_on_its_own_statistics():
+    generator = torch.Generator().manual_seed(3)
+    clean, held_out = bright_border_images(2000, generator), bright_border_images(2000, generator)
+    both = fitted_scorer(clean, sigma=0, residual="squared_and_gradient")
+    squared, gradient = (fitted_scorer(clean, sigma=0, residual=kind) for kind in ("squared", "gradient"))
+    assert both.residual_mean.shape == (2, SIZE, SIZE)
+    # Each component keeps its own scale: the squared residual's std is ~100x below the gradient's here,
+    # so one shared floor would flatten it.
+    assert torch.allclose(both.residual_std[0], squared.residual_std)
+    assert torch.allclose(both.residual_std[1], gradient.residual_std)
+    expected = 0.5 * (squared.anomaly_map(held_out) + gradient.anomaly_map(held_out))
+    assert torch.allclose(both.anomaly_map(held_out), expected, atol=1e-5)
+    assert both.anomaly_map(held_out).mean(0).abs().max() < 0.1  # clean images: ~0 mean per pixel
+
+
+def test_squared_and_gradient_needs_per_pixel_normalisation():
+    needs = "averages z-scored maps and needs score.normalize=pixel; got score.normalize=none"
+    with pytest.raises(ValueError, match=f"score.residual=squared_and_gradient {needs}"):
+        AnomalyScorer(Zeros(), image_size=SIZE, residual="squared_and_gradient")
+
+
 def test_a_checkpoint_without_a_residual_key_scores_with_the_squared_residual():
     scorer = AnomalyScorer.from_config(Zeros(), {"sigma": 0.0}, SIZE)
     images = torch.rand(2, 1, SIZE, SIZE)

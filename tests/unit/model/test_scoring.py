@@ -92,6 +92,15 @@ def test_every_residual_of_an_exact_reconstruction_is_zero(kind):
 
 def test_an_unknown_residual_is_refused_by_name():
     with pytest.raises(
-        ValueError, match=r"score.residual='ssim' is not one of \('squared', 'multiscale', 'gradient'\)"
+        ValueError,
+        match=r"score.residual='ssim' is not one of \('squared', 'multiscale', 'gradient', 'squared_and_gr",
     ):
         residual_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "ssim")
+
+
+def test_a_residual_of_components_stacks_each_component_map():
+    images, recon = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    stacked = residual_map(images, recon, "squared_and_gradient")
+    assert stacked.shape == (2, 2, 32, 32)
+    assert torch.equal(stacked[:, 0], residual_map(images, recon, "squared"))
+    assert torch.equal(stacked[:, 1], residual_map(images, recon, "gradient"))
