@@ -19,7 +19,7 @@ from anomaly_ae.cli.common import CONF_DIR, ConfigError, one_line_errors
 from anomaly_ae.cli.predict import refuse_overwrites
 from anomaly_ae.cli.validate import EXPLAIN, validate
 from anomaly_ae.data.images import as_float, list_images, read_image, read_mask
-from anomaly_ae.explain.relevance import Method, box_mask, explain
+from anomaly_ae.explain.relevance import Method, box_mask, explain, lrp_scorer
 from anomaly_ae.inference.loading import image_size, load_scorer, resolve_device
 from anomaly_ae.reporting import plots
 from anomaly_ae.reporting.run_outputs import write_csv
@@ -76,6 +76,11 @@ def explain_images(cfg: DictConfig) -> list[dict]:
             rows.append({"image": str(path), "method": method.name, "score": score, "relevance_sum": total})
     write_csv(output / "scores.csv", rows)
     print(f"{len(rows)} explanations ({method.name}) on {device} written to {output}")
+    if lrp_scorer(scorer) is not scorer and method.kind == "lrp":
+        print(
+            f"LRP explains the squared component of score.residual={scorer.residual_kind}: the score "
+            "column is that component's image score (the map in each panel is the model's own)"
+        )
     return rows
 
 

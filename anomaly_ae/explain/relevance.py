@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from anomaly_ae.explain.rules import COMPOSITES, build_composite, check_supported
 from anomaly_ae.explain.shortcut import skip_own_backward
 from anomaly_ae.model.scorer import AnomalyScorer
-from anomaly_ae.model.scoring import image_score
+from anomaly_ae.model.scoring import COMPONENTS, image_score
 
 KINDS = ("lrp", "gradient", "gradient_x_input", "residual")
 # score.residual values that are quadratic forms of x - f(x) (squared differences of linear maps of it), so
@@ -109,6 +109,25 @@ def box_mask(box: tuple[int, int, int, int], shape: tuple[int, int]) -> Tensor:
 def scorer_score(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: Tensor | None) -> Tensor:
     """(N,) scores of the whole image, or of `region`, exactly as the scorer computes them."""
     return region_score(scorer.anomaly_map(images, recon), region, scorer.reduction, scorer.topk)
+
+
+def lrp_scorer(scorer: AnomalyScorer) -> AnomalyScorer:
+    """The scorer whose score LRP explains: `scorer` itself when its residual is quadratic in x - f(x).
+
+    For a residual of components (score.residual=squared_and_gradient) it is the same autoencoder scored
+    with the quadratic component alone, z-scored on that component's own clean statistics: the gradient
+    distance has no exact form sum a * r, and the squared term is the part that LRP can conserve.
+    """
+    kind = scorer.residual_kind
+    quadratic = [part for part in COMPONENTS.get(kind, ()) if part in QUADRATIC_RESIDUALS]
+    if kind in QUADRATIC_RESIDUALS or not quadratic:
+        return scorer  # a non-quadratic residual is refused by `residual_weights`
+    index, size = COMPONENTS[kind].index(quadratic[0]), scorer.residual_mean.shape[-1]
+    part = AnomalyScorer(scorer.autoencoder, scorer.sigma, scorer.reduction, scorer.topk, size, "pixel",
+                         scorer.flip_average, quadratic[0])  # fmt: skip
+    part = part.to(scorer.residual_mean.device)
+    part.fit_statistics(scorer.residual_mean[index], scorer.residual_std[index])
+    return part
 
 
 def residual_weights(scorer: AnomalyScorer, images: Tensor, recon: Tensor, region: Tensor | None) -> tuple:
@@ -191,6 +210,7 @@ def explain(
     """
     images = images.detach()
     scorer.eval()  # batch norm must use its running statistics
+    shown, scorer = scorer, lrp_scorer(scorer) if method.kind == "lrp" else scorer
     if method.kind == "lrp":
         if method.residual == "gated":
             recon, scores, relevance = _gated(scorer, images, method, region, shortcut)
@@ -202,5 +222,5 @@ def explain(
         recon, scores, relevance = _gradient(scorer, images, region, method.kind == "gradient_x_input")
     heatmap = relevance.sum(1) if method.pooling == "sum" else relevance.norm(dim=1)
     with torch.no_grad():
-        maps = scorer.anomaly_map(images, recon)
+        maps = shown.anomaly_map(images, recon)  # the model's own map, whatever part LRP explained
     return Explanation(relevance.detach(), heatmap.detach(), maps, scores)

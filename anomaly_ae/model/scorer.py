@@ -137,7 +137,11 @@ class AnomalyScorer(nn.Module):
     @torch.no_grad()
     def fit_normalization(self, total: Tensor, total_sq: Tensor, count: float) -> None:
         """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals."""
-        mean, std = residual_statistics(total, total_sq, count)
+        self.fit_statistics(*residual_statistics(total, total_sq, count))
+
+    @torch.no_grad()
+    def fit_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Set the per-pixel mean and (already floored) std of the clean residual directly."""
         self.residual_mean.copy_(mean)
         self.residual_std.copy_(std)
 

@@ -129,6 +129,24 @@ def test_the_multiscale_residual_is_quadratic_so_lrp_still_conserves_the_score(m
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("method", [LRP[0], Method("root", residual="root")], ids=lambda m: m.name)
+def test_lrp_of_squared_and_gradient_explains_its_squared_component_beside_the_models_own_map(method):
+    autoencoder = bias_free_autoencoder("batch", "transposed")
+    both = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel", residual="squared_and_gradient")
+    std = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.5
+    both.fit_statistics(torch.zeros(2, 32, 32), std)  # zero means: the squared z-score is then quadratic
+    squared = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel")
+    squared.fit_statistics(torch.zeros(32, 32), std[0])
+    images = torch.rand(2, 3, 32, 32)
+    result, expected = explain(both, images, method), explain(squared, images, method)
+    torch.testing.assert_close(result.relevance, expected.relevance)
+    torch.testing.assert_close(result.scores, expected.scores)
+    torch.testing.assert_close(result.relevance.sum((1, 2, 3)), result.scores, rtol=1e-3, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(result.maps, both.anomaly_map(images))  # the panel shows the model's map
+        assert (result.maps - squared.anomaly_map(images)).abs().max() > 0.1
+
+
 def test_lrp_of_the_gradient_residual_is_refused_and_the_gradient_still_explains_it():
     scorer = AnomalyScorer(bias_free_autoencoder("batch", "transposed"), sigma=1.0, residual="gradient")
     images = torch.rand(2, 3, 32, 32)
