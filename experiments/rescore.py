@@ -1,20 +1,24 @@
 """Score options on trained checkpoints: every `score.*` variant of the same weights, side by side.
 
 Run: PYTHONPATH=. python experiments/rescore.py <run dir> [<run dir> ...]
+     PYTHONPATH=. python experiments/rescore.py outputs/quality/defaults_*_600x128 --seeds-table
 
 The score options (residual, normalisation, flip averaging, the reduction) do not change training, so they are
 compared on the weights a run selected (its checkpoints/best.ckpt) instead of training again. Leak-free:
 per-pixel statistics come from the clean validation images of the run's own split (its config.yaml),
 never from test images. Per run and variant: image AUROC, pixel AUROC and AUPRO of the test split, and the
-image AUROC of each defect family against the good test images. Markdown on stdout.
+image AUROC of each defect family against the good test images. Markdown on stdout; --seeds-table adds
+the mean ± std over the seeds of each run name (the runs of experiments/quality.py differ only in `_seed<n>`).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -96,13 +100,34 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(rows: list[dict]) -> str:
+    """Main metrics as mean ± std over the seeds of each (run name without `_seed<n>`, score) pair."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((re.sub(r"_seed\d+", "", row["run"]), row["score"]), []).append(row)
+    columns = ["image_auroc", "pixel_auroc", "pixel_aupro"]
+    lines = ["| runs | score | seeds | " + " | ".join(columns) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(columns))
+    for (run, score), group in groups.items():
+        cells = []
+        for column in columns:
+            values = [row[column] for row in group if column in row]
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "n/a")
+        lines.append(f"| {run} | {score} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.yaml, checkpoints/)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {list(VARIANTS)}")
+    parser.add_argument("--seeds-table", action="store_true", help="also the mean ± std over seeds")
     args = parser.parse_args(argv)
     chosen = {name: VARIANTS[name] for name in args.variants.split(",")}
-    print(markdown([row for run in args.runs for row in rescore(run, chosen)]))
+    rows = [row for run in args.runs for row in rescore(run, chosen)]
+    print(markdown(rows))
+    if args.seeds_table:
+        print("\n" + seeds_table(rows))
 
 
 if __name__ == "__main__":

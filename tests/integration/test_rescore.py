@@ -27,3 +27,16 @@ def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| run | score | image_auroc | pixel_auroc | pixel_aupro | square |"
     assert [line.split(" | ")[1] for line in table[2:]] == ["as trained", "normalize=pixel"]
+
+
+def test_the_seeds_table_is_the_mean_and_std_over_runs_that_differ_only_in_the_seed():
+    rescore = load_script("rescore")
+    rows = [
+        {"run": "a_brick_seed0_600x128", "score": "s", "image_auroc": 0.8, "pixel_auroc": 0.6},
+        {"run": "a_brick_seed1_600x128", "score": "s", "image_auroc": 0.6, "pixel_auroc": 0.9},
+        {"run": "a_mono_seed0_600x128", "score": "s", "image_auroc": 0.5},
+    ]
+    assert rescore.seeds_table(rows).splitlines()[2:] == [
+        "| a_brick_600x128 | s | 2 | 0.700 ± 0.100 | 0.750 ± 0.150 | n/a |",
+        "| a_mono_600x128 | s | 1 | 0.500 ± 0.000 | n/a | n/a |",
+    ]
