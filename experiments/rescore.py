@@ -32,7 +32,8 @@ from anomaly_ae.model.scoring import residual_sums
 
 VARIANTS = {  # score options on top of the run's own
     "as trained": {},
-    "normalize=none": {"normalize": "none"},
+    "residual=squared": {"residual": "squared"},
+    "squared, normalize=none": {"residual": "squared", "normalize": "none"},
     "normalize=pixel": {"normalize": "pixel"},
     "flip_average": {"flip_average": True},
     "normalize=pixel + flip_average": {"normalize": "pixel", "flip_average": True},

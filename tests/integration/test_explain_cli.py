@@ -16,7 +16,7 @@ from anomaly_ae.cli.main import main as cli_main
 from anomaly_ae.cli.train import fit
 from anomaly_ae.data.images import read_image
 from anomaly_ae.explain.evaluate import evaluate
-from anomaly_ae.explain.relevance import Method, explain
+from anomaly_ae.explain.relevance import Method, explain, lrp_scorer
 from anomaly_ae.inference.loading import load_scorer
 from anomaly_ae.training.module import AnomalyAE
 from tests.helpers import CONF_DIR, compose_config, make_mvtec_tree, tiny_overrides
@@ -54,7 +54,7 @@ def test_every_method_file_composes_and_explains(tiny_run):
         assert explain(scorer, images, method).heatmap.isfinite().all()
 
 
-def test_explain_writes_panels_relevance_and_the_trained_modules_scores(tiny_run, tmp_path):
+def test_explain_writes_panels_relevance_and_the_trained_modules_scores(tiny_run, tmp_path, capsys):
     root, checkpoint = tiny_run
     folder = root / "toy" / "test" / "square"
     cfg = compose_named(
@@ -67,8 +67,15 @@ def test_explain_writes_panels_relevance_and_the_trained_modules_scores(tiny_run
     assert np.load(tmp_path / "000_relevance.npy").shape == (32, 32)
     module = AnomalyAE.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     images = torch.stack([read_image(p, 1, 32) for p in paths]).float() / 255
+    # The default score.residual=squared_and_gradient: LRP explains its squared term, and says so.
+    assert module.scorer.residual_kind == "squared_and_gradient"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "LRP explains the squared component of score.residual=squared_and_gradient: the score column is that "
+        "component's image score (the map in each panel is the model's own)"
+    )
     with torch.no_grad():
-        expected = module(images)[1]
+        expected = lrp_scorer(module.scorer)(images)[1]
+        assert (expected - module(images)[1]).abs().max() > 1e-3  # a different score than the model's
     torch.testing.assert_close(torch.tensor([row["score"] for row in rows]), expected, rtol=1e-5, atol=1e-7)
     with open(tmp_path / "scores.csv") as file:
         assert len(list(csv.DictReader(file))) == len(paths)

@@ -29,7 +29,8 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
     scorer = module.scorer
     mean, std = scorer.residual_mean, scorer.residual_std
     assert module.hparams.score["normalize"] == "pixel" and scorer.flip_average
-    assert mean.shape == std.shape == (32, 32)
+    assert module.hparams.score["residual"] == "squared_and_gradient"  # the default: one pair per component
+    assert mean.shape == std.shape == (2, 32, 32)
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
     assert mean.min() > 0 and not torch.equal(std, torch.ones_like(std))  # fitted, not the initial 0 and 1
 
@@ -39,11 +40,11 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
     datamodule.setup("fit")
     with torch.no_grad():
         batches = [module.on_after_batch_transfer(batch, 0)["image"] for batch in datamodule.val_dataloader()]
-        residual = scorer.residual(torch.cat(batches)).double()  # (6, 32, 32): 6 clean validation images
+        residual = scorer.residual(torch.cat(batches)).double()  # (6, 2, 32, 32): 6 clean validation images
     assert len(residual) == 6
     assert torch.allclose(mean, residual.mean(0).float(), rtol=1e-4, atol=1e-7)
     expected_std = residual.std(0, correction=0).float()
-    unclamped = expected_std > 0.01 * expected_std.mean()
+    unclamped = expected_std > 0.01 * expected_std.mean(dim=(-2, -1), keepdim=True)  # floor per component
     assert torch.allclose(std[unclamped], expected_std[unclamped], rtol=1e-3, atol=1e-7)
 
     # The validation's threshold was fitted on maps scored with these same statistics, not older ones:
