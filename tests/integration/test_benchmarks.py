@@ -1,4 +1,4 @@
-"""The --quick modes of experiments/bench_train.py and bench_inference.py print complete tables."""
+"""The --quick modes of experiments/bench_train.py, bench_inference.py, bench_score.py print tables."""
 
 from __future__ import annotations
 
@@ -93,3 +93,14 @@ def test_bench_inference_quick_prints_a_row_per_config():
         assert abs(images_per_s * ms / 1000 - int(row[1])) < 0.01 * int(row[1])
         assert abs(gflop - conv_gflop) < 0.01 * conv_gflop  # the map's small blur conv adds < 1 %
         assert abs(gflops - gflop * images_per_s) < 0.1 + 0.01 * gflops
+
+
+def test_bench_score_quick_prints_every_residual_against_squared():
+    lines = run_quick("bench_score.py")
+    assert lines[0] == "32 px, batch 2, 1 threads, median of 2"
+    rows = table_rows(lines, "| score.residual |")
+    assert [row[0] for row in rows] == ["squared", "multiscale", "gradient", "squared_and_gradient"]
+    base = float(rows[0][1])
+    assert rows[0][2] == "1.00"
+    for _, rate, ratio in rows:
+        assert float(rate) > 0 and abs(float(ratio) - float(rate) / base) < 0.01
