@@ -76,7 +76,7 @@ def explain_images(cfg: DictConfig) -> list[dict]:
             rows.append({"image": str(path), "method": method.name, "score": score, "relevance_sum": total})
     write_csv(output / "scores.csv", rows)
     print(f"{len(rows)} explanations ({method.name}) on {device} written to {output}")
-    if lrp_scorer(scorer) is not scorer and method.kind == "lrp":
+    if method.kind == "lrp" and lrp_scorer(scorer) is not scorer:
         print(
             f"LRP explains the squared component of score.residual={scorer.residual_kind}: the score "
             "column is that component's image score (the map in each panel is the model's own)"

@@ -13,7 +13,8 @@ REDUCTIONS = ("max", "topk_mean", "mean")
 NORMALIZATIONS = ("none", "pixel")
 RESIDUALS = ("squared", "multiscale", "gradient", "squared_and_gradient")
 # Residuals made of several maps, each z-scored with its own clean statistics before they are averaged: the
-# squared residual and the gradient distance live on scales two orders of magnitude apart.
+# gradient distance of a trained model's clean residual is ~17x the squared residual's in std, ~37x in mean
+# (brick, 600 steps), so an unscaled sum would be the gradient map alone.
 COMPONENTS = {"squared_and_gradient": ("squared", "gradient")}
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)

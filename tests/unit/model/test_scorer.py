@@ -100,8 +100,7 @@ def test_squared_and_gradient_averages_the_z_scores_of_each_component_on_its_own
     both = fitted_scorer(clean, sigma=0, residual="squared_and_gradient")
     squared, gradient = (fitted_scorer(clean, sigma=0, residual=kind) for kind in ("squared", "gradient"))
     assert both.residual_mean.shape == (2, SIZE, SIZE)
-    # Each component keeps its own scale: the squared residual's std is ~100x below the gradient's here,
-    # so one shared floor would flatten it.
+    # Each component keeps its own statistics: those of a scorer of that residual alone.
     assert torch.allclose(both.residual_std[0], squared.residual_std)
     assert torch.allclose(both.residual_std[1], gradient.residual_std)
     expected = 0.5 * (squared.anomaly_map(held_out) + gradient.anomaly_map(held_out))
