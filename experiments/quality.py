@@ -43,6 +43,9 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=paper
     "elpv_arch": ELPV_ARCH,  # the architecture of experiment=elpv_demo
     "plain_ae": ["corruption=none", "model.skips=false", "model.bottleneck_channels=8"],  # baseline
+    # Gated skips only at the coarser resolutions: texture guidance without a path for 1-px cracks.
+    "skips_from_4": ["model.skip_min_stride=4"],
+    "skips_from_8": ["model.skip_min_stride=8"],
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
     # Leave one family out (each against the variant with it, on the test family it most resembles):
     "elpv_arch_no_self": [*ELPV_ARCH, "corruption.sources=[batch,texture]"],

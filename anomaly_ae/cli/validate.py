@@ -153,6 +153,7 @@ TRAIN = DATA | {
     "model.activation": one_of(*ACTIVATIONS),
     "model.skips": BOOLEAN,
     "model.skip_init_logit": number(),
+    "model.skip_min_stride": Rule(lambda v: _is_int(v) and v >= 2 and not v & (v - 1), "a power of 2 >= 2"),
     "model.upsample": one_of("transposed", "bilinear"),
     "model.padding_mode": one_of(*PADDINGS),
     "model.down_kernel": one_of(3, 4),

@@ -88,7 +88,9 @@ class ConvAutoencoder(nn.Module):
         width: channels after the stem; doubled at every downsampling up to `max_width`.
         depth: number of stride-2 downsamplings; input sides must be divisible by 2**depth.
         dilations: one residual dilated conv per entry at the bottleneck.
-        skips: gated skip connections at every downsampled resolution (never at full resolution).
+        skips: gated skip connections at the downsampled resolutions (never at full resolution).
+        skip_min_stride: the finest resolution that gets a skip, as a downsampling factor: 2 (H/2 and
+            coarser, every skip), 4 (H/4 and coarser), ...; finer skips are built but never used.
         upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
         padding_mode: of every conv but the transposed ones: "zeros", or "replicate"/"reflect", which
             keep the image border from looking unlike its inside (zero padding makes borders light up).
@@ -109,6 +111,7 @@ class ConvAutoencoder(nn.Module):
         activation: str = "leaky_relu",
         skips: bool = True,
         skip_init_logit: float = -2.0,
+        skip_min_stride: int = 2,
         upsample: str = "transposed",
         padding_mode: str = "zeros",
         bottleneck_channels: int | None = None,
@@ -122,6 +125,8 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"model.padding_mode={padding_mode!r} is not one of {PADDINGS}")
         if down_kernel not in (3, 4):
             raise ValueError(f"model.down_kernel={down_kernel!r} is not one of (3, 4)")
+        if skip_min_stride < 2 or skip_min_stride & (skip_min_stride - 1):
+            raise ValueError(f"model.skip_min_stride={skip_min_stride!r} is not a power of 2 >= 2")
         if output not in OUTPUTS:
             raise ValueError(f"model.output={output!r} is not one of {tuple(OUTPUTS)}")
         pad = padding_mode
@@ -148,9 +153,11 @@ class ConvAutoencoder(nn.Module):
             self._up_block(widths[i + 1], widths[i], norm, activation, upsample, pad)
             for i in reversed(range(depth))
         )
-        # Skip i joins the decoder output at the resolution of encoder stage i (H/2**i, i >= 1).
+        # Skip i joins the decoder output at the resolution of encoder stage i (H/2**i, i >= 1). All are
+        # built whatever skip_min_stride says, so every checkpoint of this class has the same keys.
         self.skips = nn.ModuleList(GatedSkip(widths[i], skip_init_logit) for i in reversed(range(1, depth)))
-        self.use_skips = skips
+        finest = skip_min_stride.bit_length() - 1  # log2: the stage index of the finest skip used
+        self.used_skips = max(0, len(self.skips) - finest + 1) if skips else 0  # skips[:used_skips] join
         self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1, padding_mode=pad)
         self.output = OUTPUTS[output]()  # no parameters: checkpoints of either kind share their keys
 
@@ -176,6 +183,6 @@ class ConvAutoencoder(nn.Module):
         h = self.squeeze(self.bottleneck(h))
         for level, up in enumerate(self.up):
             h = up(h)
-            if self.use_skips and level < len(self.skips):
+            if level < self.used_skips:
                 h = self.skips[level](h, encoded[-level - 2])
         return self.output(self.head(h))

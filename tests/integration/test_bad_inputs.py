@@ -149,6 +149,8 @@ CASES = [
      refused("model.width", "0", "an integer >= 1")),
     ("train-depth", train("mvtec", "model.depth=0"), 2,
      refused("model.depth", "0", "an integer in [1, 10]")),
+    ("train-skip-stride", train("mvtec", "model.skip_min_stride=3"), 2,
+     refused("model.skip_min_stride", "3", "a power of 2 >= 2")),
     ("train-norm", train("mvtec", "model.norm=layer"), 2,
      refused("model.norm", "layer", "one of none, batch, instance, group")),
     ("train-lr-zero", train("mvtec", "optim.lr=0"), 2,
