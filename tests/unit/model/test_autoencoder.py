@@ -30,14 +30,23 @@ def test_every_used_parameter_gets_a_gradient(skips, upsample):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize(("min_stride", "joined"), [(2, ["skips.0", "skips.1", "skips.2"]),
-                                                    (4, ["skips.0", "skips.1"]), (8, ["skips.0"]), (16, [])])
+@pytest.mark.parametrize(
+    ("min_stride", "joined"),
+    [(2, ["skips.0", "skips.1", "skips.2"]), (4, ["skips.0", "skips.1"]), (8, ["skips.0"]), (16, [])],
+)
 def test_skip_min_stride_keeps_only_the_coarser_skips(min_stride, joined):
     # depth 4: skips.0 joins at H/8, skips.1 at H/4, skips.2 at H/2.
-    model = ConvAutoencoder(1, width=4, depth=4, dilations=(1,), skip_min_stride=min_stride, skip_init_logit=0.0)
+    model = ConvAutoencoder(
+        1, width=4, depth=4, dilations=(1,), skip_min_stride=min_stride, skip_init_logit=0.0
+    )
     model(torch.rand(2, 1, 32, 32)).square().mean().backward()
-    got = sorted({name.rsplit(".", 1)[0] for name, p in model.named_parameters()
-                  if name.startswith("skips.") and p.grad is not None and p.grad.abs().sum() > 0})
+    got = sorted(
+        {
+            name.rsplit(".", 1)[0]
+            for name, p in model.named_parameters()
+            if name.startswith("skips.") and p.grad is not None and p.grad.abs().sum() > 0
+        }
+    )
     assert got == joined
     assert len(model.skips) == 3  # built anyway: one set of checkpoint keys for every stride
 
