@@ -37,7 +37,8 @@ FAMILIES = ("scratch", "stain", "crack", "hole", "smudge", "misoriented", "parti
 METRICS = ablation.METRICS + tuple(f"family_{f}" for f in FAMILIES) + ("train_images_per_s", "test_seconds")
 RUN_COLUMNS = ("variant", "data", "category", "seed", "steps", "image_size", *METRICS, "train_seconds",
                "fit_seconds", "run_dir")  # fmt: skip
-ELPV_ARCH = ["model.skips=false", "model.output=sigmoid", "model.down_kernel=3", "model.upsample=bilinear"]
+ELPV_LAYERS = ["model.output=sigmoid", "model.down_kernel=3", "model.upsample=bilinear"]
+ELPV_ARCH = ["model.skips=false", *ELPV_LAYERS]
 
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=paper
@@ -46,6 +47,8 @@ VARIANTS: dict[str, list[str]] = {
     # Gated skips only at the coarser resolutions: texture guidance without a path for 1-px cracks.
     "skips_from_4": ["model.skip_min_stride=4"],
     "skips_from_8": ["model.skip_min_stride=8"],
+    "elpv_arch_skips": ELPV_LAYERS,  # the elpv_demo architecture with the default's gated skips
+    "elpv_arch_skips_from_8": [*ELPV_LAYERS, "model.skip_min_stride=8"],
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
     # Leave one family out (each against the variant with it, on the test family it most resembles):
     "elpv_arch_no_self": [*ELPV_ARCH, "corruption.sources=[batch,texture]"],

@@ -33,7 +33,7 @@ from anomaly_ae.model.scoring import residual_sums
 VARIANTS = {  # score options on top of the run's own
     "as trained": {},
     "residual=squared": {"residual": "squared"},
-    "squared, normalize=none": {"residual": "squared", "normalize": "none"},
+    "squared+normalize=none": {"residual": "squared", "normalize": "none"},
     "normalize=pixel": {"normalize": "pixel"},
     "flip_average": {"flip_average": True},
     "normalize=pixel + flip_average": {"normalize": "pixel", "flip_average": True},
@@ -41,6 +41,13 @@ VARIANTS = {  # score options on top of the run's own
     "residual=multiscale": {"residual": "multiscale"},
     "residual=gradient": {"residual": "gradient"},
     "residual=squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
+    "squared_and_gradient+topk_mean": {
+        "residual": "squared_and_gradient",
+        "normalize": "pixel",
+        "reduction": "topk_mean",
+    },
+    "squared_and_gradient+sigma=1": {"residual": "squared_and_gradient", "normalize": "pixel", "sigma": 1.0},
+    "squared_and_gradient+sigma=4": {"residual": "squared_and_gradient", "normalize": "pixel", "sigma": 4.0},
 }
 
 
@@ -124,7 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {list(VARIANTS)}")
     parser.add_argument("--seeds-table", action="store_true", help="also the mean ± std over seeds")
     args = parser.parse_args(argv)
-    chosen = {name: VARIANTS[name] for name in args.variants.split(",")}
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    chosen = {name: VARIANTS[name] for name in names}
     rows = [row for run in args.runs for row in rescore(run, chosen)]
     print(markdown(rows))
     if args.seeds_table:

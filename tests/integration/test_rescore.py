@@ -27,6 +27,10 @@ def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| run | score | image_auroc | pixel_auroc | pixel_aupro | square |"
     assert [line.split(" | ")[1] for line in table[2:]] == ["as trained", "normalize=pixel"]
+    assert not any("," in name for name in rescore.VARIANTS)  # every one can be chosen by --variants
+    with pytest.raises(SystemExit):
+        rescore.main([str(tmp_path / "run"), "--variants", "as trained,bogus"])
+    assert "--variants: unknown ['bogus']; choose from" in capsys.readouterr().err
 
 
 def test_the_seeds_table_is_the_mean_and_std_over_runs_that_differ_only_in_the_seed():
