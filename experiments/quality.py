@@ -49,6 +49,7 @@ VARIANTS: dict[str, list[str]] = {
     "skips_from_8": ["model.skip_min_stride=8"],
     "elpv_arch_skips": ELPV_LAYERS,  # the elpv_demo architecture with the default's gated skips
     "elpv_arch_skips_from_8": [*ELPV_LAYERS, "model.skip_min_stride=8"],
+    "families": ["corruption=families"],  # the default architecture + strokes, plasma, photometric, missing
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
     # Leave one family out (each against the variant with it, on the test family it most resembles):
     "elpv_arch_no_self": [*ELPV_ARCH, "corruption.sources=[batch,texture]"],

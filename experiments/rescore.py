@@ -109,7 +109,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def seeds_table(rows: list[dict]) -> str:
-    """Main metrics as mean ± std over the seeds of each (run name without `_seed<n>`, score) pair."""
+    """Main metrics as mean ± std over the seeds of each (run name without `_seed<n>`, score) pair.
+
+    The sample standard deviation (n - 1), as in the tables of quality.py and ablation.py; 0 for one seed.
+    """
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((re.sub(r"_seed\d+", "", row["run"]), row["score"]), []).append(row)
@@ -120,7 +123,8 @@ def seeds_table(rows: list[dict]) -> str:
         cells = []
         for column in columns:
             values = [row[column] for row in group if column in row]
-            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "n/a")
+            spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{np.mean(values):.3f} ± {spread:.3f}" if values else "n/a")
         lines.append(f"| {run} | {score} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
