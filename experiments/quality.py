@@ -41,7 +41,9 @@ ELPV_LAYERS = ["model.output=sigmoid", "model.down_kernel=3", "model.upsample=bi
 ELPV_ARCH = ["model.skips=false", *ELPV_LAYERS]
 
 VARIANTS: dict[str, list[str]] = {
-    "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=paper
+    "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=families
+    # (corruption=paper until 2026-12-02: the `defaults` rows of the runs files up to then are `paper` rows)
+    "paper": ["corruption=paper"],  # the default architecture with the paper's corruption alone
     "elpv_arch": ELPV_ARCH,  # the architecture of experiment=elpv_demo
     "plain_ae": ["corruption=none", "model.skips=false", "model.bottleneck_channels=8"],  # baseline
     # Gated skips only at the coarser resolutions: texture guidance without a path for 1-px cracks.
@@ -50,6 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "elpv_arch_skips": ELPV_LAYERS,  # the elpv_demo architecture with the default's gated skips
     "elpv_arch_skips_from_8": [*ELPV_LAYERS, "model.skip_min_stride=8"],
     "families": ["corruption=families"],  # the default architecture + strokes, plasma, photometric, missing
+                                          # (the default since 2026-12-02: the same runs as `defaults`)
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
     # Leave one family out (each against the variant with it, on the test family it most resembles):
     "elpv_arch_no_self": [*ELPV_ARCH, "corruption.sources=[batch,texture]"],
