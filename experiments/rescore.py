@@ -30,6 +30,7 @@ from anomaly_ae.inference.loading import load_module
 from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import residual_sums
 
+SQUARED_AND_GRADIENT = {"residual": "squared_and_gradient", "normalize": "pixel"}  # the default residual
 VARIANTS = {  # score options on top of the run's own
     "as trained": {},
     "residual=squared": {"residual": "squared"},
@@ -40,14 +41,10 @@ VARIANTS = {  # score options on top of the run's own
     "reduction=topk_mean": {"reduction": "topk_mean"},
     "residual=multiscale": {"residual": "multiscale"},
     "residual=gradient": {"residual": "gradient"},
-    "residual=squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
-    "squared_and_gradient+topk_mean": {
-        "residual": "squared_and_gradient",
-        "normalize": "pixel",
-        "reduction": "topk_mean",
-    },
-    "squared_and_gradient+sigma=1": {"residual": "squared_and_gradient", "normalize": "pixel", "sigma": 1.0},
-    "squared_and_gradient+sigma=4": {"residual": "squared_and_gradient", "normalize": "pixel", "sigma": 4.0},
+    "residual=squared_and_gradient": SQUARED_AND_GRADIENT,
+    "squared_and_gradient+topk_mean": {**SQUARED_AND_GRADIENT, "reduction": "topk_mean"},
+    "squared_and_gradient+sigma=1": {**SQUARED_AND_GRADIENT, "sigma": 1.0},
+    "squared_and_gradient+sigma=4": {**SQUARED_AND_GRADIENT, "sigma": 4.0},
 }
 
 
