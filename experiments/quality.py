@@ -54,6 +54,9 @@ VARIANTS: dict[str, list[str]] = {
     "families": ["corruption=families"],  # the default architecture + strokes, plasma, photometric, missing
                                           # (the default since 2026-12-02: the same runs as `defaults`)
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
+    # + the multi-scale gradient-magnitude loss term: RIAD's weight 1, and a tenth of it.
+    "gradient_loss": ["loss.gradient_weight=1.0"],
+    "gradient_loss_01": ["loss.gradient_weight=0.1"],
     # Leave one family out (each against the variant with it, on the test family it most resembles):
     "elpv_arch_no_self": [*ELPV_ARCH, "corruption.sources=[batch,texture]"],
     "families_no_stroke": [*ELPV_ARCH, "corruption=families",

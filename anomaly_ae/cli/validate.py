@@ -133,6 +133,7 @@ TRAIN = DATA | {
     "optim.warmup_steps": integer(0),
     "optim.scale_lr_with_world_size": BOOLEAN,
     "loss.clean_weight": nullable(number(0, 1)),
+    "loss.gradient_weight": number(0),
     "score.sigma": number(0),
     "score.reduction": one_of(*REDUCTIONS),
     "score.topk": integer(1),

@@ -37,7 +37,7 @@ class AnomalyAE(L.LightningModule):
         corruption: kwargs of the training corruption, with `_target_`; None trains a plain autoencoder.
         optim: lr, betas, weight_decay, scheduler ("cosine" or "none"), warmup_steps.
         score: the AnomalyScorer's options (sigma, reduction, topk, normalize, flip_average).
-        loss: clean_weight (None: plain MSE over the image).
+        loss: clean_weight (None: plain MSE over the image), gradient_weight (0: no edge term).
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
         compile: run the autoencoder through torch.compile (same weights and state_dict keys).
@@ -163,8 +163,11 @@ class AnomalyAE(L.LightningModule):
         )
 
     def _loss(self, reconstructions: Tensor, batch: dict) -> Tensor:
-        clean_weight = self.hparams.loss["clean_weight"]
-        return reconstruction_loss(reconstructions, batch["target"], batch["corruption_mask"], clean_weight)
+        loss = self.hparams.loss  # gradient_weight: absent from checkpoints written before it existed
+        return reconstruction_loss(
+            reconstructions, batch["target"], batch["corruption_mask"], loss["clean_weight"],
+            loss.get("gradient_weight", 0.0),
+        )  # fmt: skip
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         reconstructions = self.autoencoder(batch["input"])

@@ -153,6 +153,8 @@ CASES = [
      refused("model.skip_min_stride", "3", "a power of 2 >= 2")),
     ("train-norm", train("mvtec", "model.norm=layer"), 2,
      refused("model.norm", "layer", "one of none, batch, instance, group")),
+    ("train-gradient-weight", train("mvtec", "loss.gradient_weight=-1"), 2,
+     refused("loss.gradient_weight", "-1", "a number >= 0")),
     ("train-lr-zero", train("mvtec", "optim.lr=0"), 2,
      refused("optim.lr", "0", "a number > 0")),
     ("train-lr-text", train("mvtec", "optim.lr=fast"), 2,

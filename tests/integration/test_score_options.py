@@ -1,14 +1,17 @@
-"""score.normalize=pixel and score.flip_average through a real fit: statistics of clean validation images."""
+"""Score and loss options through the real config: pixel normalisation, flip averaging, the edge loss."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from anomaly_ae.cli.train import fit
+from anomaly_ae.cli.train import build_module, fit
 from anomaly_ae.evaluation.thresholds import fit_image_threshold
 from anomaly_ae.inference.loading import load_module
+from anomaly_ae.model.scoring import residual_map
 from anomaly_ae.training.module import VAL_CORRUPTION_SEED
 from tests.helpers import compose_config, tiny_overrides
 
@@ -56,3 +59,18 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
     flags = torch.cat([mask.flatten(1).any(dim=1) for _, mask in corrupted])
     threshold, source = fit_image_threshold(scores, flags, "f1", 0.99)
     assert source.startswith("f1") and float(module.image_threshold) == pytest.approx(threshold, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_loss_gradient_weight_reaches_the_training_loss(mvtec_root, tmp_path, weight):
+    # The module that train builds from the composed config, scoring a blurred reconstruction of a batch.
+    cfg = compose_config([*tiny_overrides(mvtec_root, tmp_path), f"loss.gradient_weight={weight}"])
+    data = SimpleNamespace(augment={}, channels=3, image_size=32, has_masks=True)
+    module = build_module(cfg, data)
+    targets = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(targets, 3, stride=1, padding=1, count_include_pad=False)
+    loss = module._loss(blurred, {"target": targets, "corruption_mask": torch.zeros(2, 1, 32, 32)})
+    mse = (blurred - targets).pow(2).mean().item()
+    edges = residual_map(targets, blurred, "gradient").mean().item()
+    assert edges > 0.1  # a 3x3 blur of noise flattens most gradients
+    assert loss.item() == pytest.approx(mse + weight * edges, rel=1e-5)

@@ -48,6 +48,23 @@ def test_weighted_loss_normalises_clean_and_corrupted_separately():
     assert reconstruction_loss(recon, target, mask, 0.25).item() == pytest.approx(0.25 * 2 / 3 + 0.75 * 9)
 
 
+def test_gradient_loss_penalises_blur_not_a_uniform_shift():
+    # Two reconstructions of a texture with the same squared error: a blur and a brightness shift.
+    target = torch.from_numpy(np.random.default_rng(0).random((1, 1, 32, 32))).float()
+    blurred = torch.from_numpy(gaussian_filter(target.numpy(), sigma=(0, 0, 1.5, 1.5), mode="reflect"))
+    shifted = target + (blurred - target).pow(2).mean().sqrt()
+    mask = torch.zeros(1, 1, 32, 32)
+    mse_blur, mse_shift = (reconstruction_loss(r, target, mask) for r in (blurred, shifted))
+    assert mse_blur.item() == pytest.approx(mse_shift.item(), rel=1e-5)
+    blur, shift = (reconstruction_loss(r, target, mask, gradient_weight=0.5) for r in (blurred, shifted))
+    assert shift.item() == pytest.approx(mse_shift.item(), rel=1e-5)  # same edges: no gradient term
+    # A blur flattens the gradients: the edge term adds half the mean gradient distance, a large one.
+    assert blur.item() - mse_blur.item() == pytest.approx(
+        0.5 * residual_map(target, blurred, "gradient").mean().item(), rel=1e-5
+    )
+    assert blur.item() - mse_blur.item() > 0.1
+
+
 def test_as_float_scales_uint8():
     assert as_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
 
