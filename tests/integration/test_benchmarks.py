@@ -1,4 +1,4 @@
-"""The --quick modes of experiments/bench_train.py, bench_inference.py, bench_score.py print tables."""
+"""The --quick modes of experiments/bench_train.py, bench_inference.py, bench_score.py, bench_recipes.py."""
 
 from __future__ import annotations
 
@@ -104,3 +104,17 @@ def test_bench_score_quick_prints_every_residual_against_squared():
     assert rows[0][2] == "1.00"
     for _, rate, ratio in rows:
         assert float(rate) > 0 and abs(float(ratio) - float(rate) / base) < 0.01
+
+
+def test_bench_recipes_quick_prints_each_recipe_against_the_first():
+    lines = run_quick("bench_recipes.py")
+    assert lines[0] == (
+        "32 px x 3 channels, training batch 4, inference batch 4, 1 threads, median of 2 rounds"
+    )
+    rows = table_rows(lines, "| recipe |")
+    assert [row[0] for row in rows] == ["elpv_demo", "cpu"]
+    first_train, first_infer = float(rows[0][2]), float(rows[0][4])
+    assert rows[0][3] == rows[0][5] == "1.00"
+    for _, _, train, train_ratio, infer, infer_ratio in rows:
+        assert float(train) > 0 and abs(float(train_ratio) - float(train) / first_train) < 0.01
+        assert float(infer) > 0 and abs(float(infer_ratio) - float(infer) / first_infer) < 0.01
