@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from anomaly_ae.cli.train import build_module
 from anomaly_ae.data.images import as_float
-from anomaly_ae.training.module import AnomalyAE, augment
-from experiments.bench_train import AUGMENT, CONF, InMemoryImages, time_steps
+from anomaly_ae.training.module import AnomalyAE
+from experiments.bench_train import AUGMENT, CONF, InMemoryImages, module_training_step, time_steps
 
 
 def recipe_module(name: str, channels: int, size: int, quick: bool) -> AnomalyAE:
@@ -42,21 +42,8 @@ def recipe_module(name: str, channels: int, size: int, quick: bool) -> AnomalyAE
 
 def training_seconds(module: AnomalyAE, loader: DataLoader, warmup: int) -> float:
     """Seconds per training step of `module` (what on_after_batch_transfer + training_step do)."""
-    module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=module.hparams.optim["lr"])
-    generator = torch.Generator().manual_seed(0)
-
-    def step(batch: dict) -> None:
-        images = augment(as_float(batch["image"]), **AUGMENT, generator=generator)
-        target, corrupted, mask = images, images, torch.zeros_like(images[:, :1])
-        if module.corruption is not None:
-            target = module.corruption.anchor_noise(images, generator)
-            corrupted, mask = module.corruption(target, generator)
-        loss = module._loss(module.autoencoder(corrupted), {"target": target, "corruption_mask": mask})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = module_training_step(module, optimizer, torch.Generator().manual_seed(0))
     return time_steps(loader, step, warmup, "cpu")
 
 

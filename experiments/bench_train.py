@@ -109,6 +109,26 @@ def training_step(
     return step
 
 
+def module_training_step(
+    module: AnomalyAE, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> Callable[[dict], None]:
+    """A bare-loop step doing the work of `module`'s on_after_batch_transfer + training_step."""
+    module.train()
+
+    def step(batch: dict) -> None:
+        images = augment(as_float(batch["image"]), **AUGMENT, generator=generator)
+        target, corrupted, mask = images, images, torch.zeros_like(images[:, :1])
+        if module.corruption is not None:
+            target = module.corruption.anchor_noise(images, generator)
+            corrupted, mask = module.corruption(target, generator)
+        loss = module._loss(module.autoencoder(corrupted), {"target": target, "corruption_mask": mask})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def corruption_cases(args: argparse.Namespace, data: InMemoryImages) -> dict[str, float]:
     """Seconds per step for: no corruption, corruption on the device, corruption in loader workers."""
     corruption = instantiate(OmegaConf.load(CONF / "corruption/paper.yaml")).to(args.device)
@@ -191,19 +211,8 @@ def lightning_cases(args: argparse.Namespace, data: InMemoryImages) -> dict[str,
 
     def bare(_: dict) -> float:
         module = AnomalyAE(**hparams).to(args.device)
-        module.train()
-        optimizer = module.configure_optimizers()
         generator = torch.Generator(device=args.device).manual_seed(0)
-
-        def step(batch: dict) -> None:  # the same work as on_after_batch_transfer + training_step
-            images = augment(as_float(batch["image"]), **AUGMENT)
-            target = module.corruption.anchor_noise(images, generator)
-            corrupted, mask = module.corruption(target, generator)
-            loss = reconstruction_loss(module.autoencoder(corrupted), target, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+        step = module_training_step(module, module.configure_optimizers(), generator)
         return time_steps(loader, step, args.warmup, args.device)
 
     return median_rounds(
