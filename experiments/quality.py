@@ -54,6 +54,10 @@ VARIANTS: dict[str, list[str]] = {
     "families": ["corruption=families"],  # the default architecture + strokes, plasma, photometric, missing
                                           # (the default since 2026-12-02: the same runs as `defaults`)
     "elpv_arch_families": [*ELPV_ARCH, "corruption=families"],  # + strokes, plasma, photometric, missing
+    # Skips whose mix also depends on the pixel (model.skip_gate=spatial): the default's skips, and the
+    # elpv_demo layers with them.
+    "spatial_gates": ["model.skip_gate=spatial"],
+    "elpv_arch_spatial_gates": [*ELPV_LAYERS, "model.skip_gate=spatial"],
     # + the multi-scale gradient-magnitude loss term: RIAD's weight 1, and a tenth of it.
     "gradient_loss": ["loss.gradient_weight=1.0"],
     "gradient_loss_01": ["loss.gradient_weight=0.1"],

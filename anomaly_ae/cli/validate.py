@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from anomaly_ae.corruption.structured import FILLS, FOREIGN_SOURCES, SHAPES
 from anomaly_ae.errors import ConfigError
-from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS
+from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS, SKIP_GATES
 from anomaly_ae.model.scoring import COMPONENTS, NORMALIZATIONS, REDUCTIONS, RESIDUALS
 
 # Above this side the first full-resolution layer alone holds width x side^2 float32 activations per image
@@ -155,6 +155,7 @@ TRAIN = DATA | {
     "model.skips": BOOLEAN,
     "model.skip_init_logit": number(),
     "model.skip_min_stride": Rule(lambda v: _is_int(v) and v >= 2 and not v & (v - 1), "a power of 2 >= 2"),
+    "model.skip_gate": one_of(*SKIP_GATES),
     "model.upsample": one_of("transposed", "bilinear"),
     "model.padding_mode": one_of(*PADDINGS),
     "model.down_kernel": one_of(3, 4),

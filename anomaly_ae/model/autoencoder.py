@@ -14,6 +14,7 @@ NORMS = ("none", "batch", "instance", "group")
 PADDINGS = ("zeros", "replicate", "reflect")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU}
 OUTPUTS = {"linear": nn.Identity, "sigmoid": nn.Sigmoid}
+SKIP_GATES = ("channel", "spatial")
 
 # Keys of conf/model that say how to run the model, not what it is: never passed to its constructor.
 RUN_OPTIONS = ("compile", "channels_last")  # how to run the model, not what it is
@@ -68,15 +69,37 @@ class DilatedResidual(nn.Module):
 
 
 class GatedSkip(nn.Module):
-    """Mix decoder and encoder features with a learned per-channel coefficient in [0, 1]."""
+    """Mix decoder and encoder features with a learned coefficient in [0, 1].
 
-    def __init__(self, channels: int, init_logit: float) -> None:
+    `channel`: one coefficient per channel, the same at every pixel. `spatial`: a small conv head on the
+    decoder and encoder features adds a per-pixel term to it, so the skip can close where the encoder
+    sees what the decoder did not predict from context (a defect: training corruption makes copying it
+    costly) and stay open on the normal fine detail that only the encoder carries.
+    """
+
+    def __init__(self, channels: int, init_logit: float, kind: str = "channel") -> None:
         super().__init__()
         # Starts mostly closed: an open skip lets the network copy anomalies straight to the output.
         self.logit = nn.Parameter(torch.full((1, channels, 1, 1), float(init_logit)))  # ints from the CLI too
+        self.where = None
+        if kind == "spatial":
+            hidden = 8
+            self.where = nn.Sequential(
+                nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, 1, 1)
+            )
+            # Zero last layer: training starts from the per-channel gate.
+            nn.init.zeros_(self.where[-1].weight)
+            nn.init.zeros_(self.where[-1].bias)
+
+    def gate(self, decoded: Tensor, encoded: Tensor) -> Tensor:
+        """The mix coefficient: (1, C, 1, 1) for `channel`, (N, C, h, w) for `spatial`."""
+        logit = self.logit
+        if self.where is not None:
+            logit = logit + self.where(torch.cat([decoded, encoded], dim=1))
+        return torch.sigmoid(logit)
 
     def forward(self, decoded: Tensor, encoded: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.logit)
+        gate = self.gate(decoded, encoded)
         return (1 - gate) * decoded + gate * encoded
 
 
@@ -89,6 +112,8 @@ class ConvAutoencoder(nn.Module):
         depth: number of stride-2 downsamplings; input sides must be divisible by 2**depth.
         dilations: one residual dilated conv per entry at the bottleneck.
         skips: gated skip connections at the downsampled resolutions (never at full resolution).
+        skip_gate: "channel" (one learned coefficient per channel) or "spatial" (plus a per-pixel term
+            computed from the features, see `GatedSkip`).
         skip_min_stride: the finest resolution that gets a skip, as a downsampling factor: 2 (H/2 and
             coarser, every skip), 4 (H/4 and coarser), ...; finer skips are built but never used.
         upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
@@ -112,6 +137,7 @@ class ConvAutoencoder(nn.Module):
         skips: bool = True,
         skip_init_logit: float = -2.0,
         skip_min_stride: int = 2,
+        skip_gate: str = "channel",
         upsample: str = "transposed",
         padding_mode: str = "zeros",
         bottleneck_channels: int | None = None,
@@ -127,6 +153,8 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"model.down_kernel={down_kernel!r} is not one of (3, 4)")
         if skip_min_stride < 2 or skip_min_stride & (skip_min_stride - 1):
             raise ValueError(f"model.skip_min_stride={skip_min_stride!r} is not a power of 2 >= 2")
+        if skip_gate not in SKIP_GATES:
+            raise ValueError(f"model.skip_gate={skip_gate!r} is not one of {SKIP_GATES}")
         if output not in OUTPUTS:
             raise ValueError(f"model.output={output!r} is not one of {tuple(OUTPUTS)}")
         pad = padding_mode
@@ -154,8 +182,10 @@ class ConvAutoencoder(nn.Module):
             for i in reversed(range(depth))
         )
         # Skip i joins the decoder output at the resolution of encoder stage i (H/2**i, i >= 1). All are
-        # built whatever skip_min_stride says, so every checkpoint of this class has the same keys.
-        self.skips = nn.ModuleList(GatedSkip(widths[i], skip_init_logit) for i in reversed(range(1, depth)))
+        # built whatever skip_min_stride says, so every checkpoint with one skip_gate has the same keys.
+        self.skips = nn.ModuleList(
+            GatedSkip(widths[i], skip_init_logit, skip_gate) for i in reversed(range(1, depth))
+        )
         finest = skip_min_stride.bit_length() - 1  # log2: the stage index of the finest skip used
         self.used_skips = max(0, len(self.skips) - finest + 1) if skips else 0  # skips[:used_skips] join
         self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1, padding_mode=pad)

@@ -182,6 +182,27 @@ def test_score_options_are_exported_with_the_model(option, tmp_path):
     assert {k: meta["score"][k] for k in SCORE_OPTIONS[option]} == SCORE_OPTIONS[option]
 
 
+def test_spatial_skip_gates_are_exported_with_parity(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "model.ckpt", model={"skip_gate": "spatial"})
+    reference = AnomalyAE.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    with torch.no_grad():  # a head that really varies per pixel, not the zero-initialised one
+        for skip in reference.autoencoder.skips:
+            skip.where[-1].weight.normal_(0, 0.5)
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save({**saved, "state_dict": reference.state_dict()}, checkpoint)
+    images = torch.cat([torch.rand(3, 1, SIZE, SIZE), real_batch(reference)])
+    skip = reference.autoencoder.skips[0]
+    with torch.no_grad():
+        expected_maps, expected_scores = reference(images)
+        features = torch.rand(2, skip.logit.shape[1], 8, 8)
+        assert skip.gate(features, features).std(dim=(-2, -1)).min() > 1e-3  # the gate varies per pixel
+    onnx_file = export(checkpoint, "onnx", tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(["maps", "scores"], {"images": images.numpy()})
+    assert np.abs(maps - expected_maps.numpy()).max() < TOLERANCE
+    assert np.abs(scores - expected_scores.numpy()).max() < TOLERANCE
+
+
 def test_export_refuses_an_unknown_format(tiny_checkpoint):
     with pytest.raises(ValueError, match="format=tflite is not one of onnx, pt2"):
         export(tiny_checkpoint, "tflite")

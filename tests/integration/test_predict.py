@@ -28,10 +28,11 @@ SIZE = 32
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_tiny_checkpoint(path: Path, **score) -> Path:
+def make_tiny_checkpoint(path: Path, model: dict | None = None, **score) -> Path:
     """A real AnomalyAE checkpoint: one training step, one validation pass that fits both thresholds.
 
-    `score`: options added to the score config (normalize=pixel: that validation fits the statistics too).
+    `model`: options added to the model config. `score`: options added to the score config
+    (normalize=pixel: that validation fits the statistics too).
     """
     rng = np.random.default_rng(0)
     images = [{"image": torch.from_numpy(stripes(SIZE, rng, 1))[None]} for _ in range(16)]
@@ -41,6 +42,7 @@ def make_tiny_checkpoint(path: Path, **score) -> Path:
             "width": 8,
             "depth": 2,
             "dilations": [1, 2],
+            **(model or {}),
         },
         corruption=None,
         optim={

@@ -160,3 +160,42 @@ def test_unknown_output_and_down_kernel_name_the_options():
         ConvAutoencoder(output="tanh")
     with pytest.raises(ValueError, match=r"model.down_kernel=5 is not one of \(3, 4\)"):
         ConvAutoencoder(down_kernel=5)
+
+
+def test_spatial_skip_gates_start_as_the_per_channel_gates():
+    torch.manual_seed(0)
+    channel = ConvAutoencoder(1, width=4, depth=3, dilations=(1,), skip_gate="channel").eval()
+    spatial = ConvAutoencoder(1, width=4, depth=3, dilations=(1,), skip_gate="spatial").eval()
+    missing, unexpected = spatial.load_state_dict(channel.state_dict(), strict=False)
+    assert not unexpected and missing and all(".where." in name for name in missing)
+    images = torch.rand(2, 1, 32, 32)
+    assert torch.equal(spatial(images), channel(images))  # zero last layer: the same function at init
+
+
+def test_spatial_skip_gate_learns_to_close_on_a_defect_and_stay_open_elsewhere():
+    # The target holds detail only the encoder features carry; inside a square the encoder features also
+    # carry a defect. The best mix takes the encoder everywhere but there: a per-pixel decision that a
+    # per-channel gate cannot make.
+    from anomaly_ae.model.autoencoder import GatedSkip
+
+    torch.manual_seed(0)
+    decoded = torch.randn(8, 4, 16, 16)
+    target = decoded + torch.randn(8, 4, 16, 16)
+    defect = torch.zeros(1, 1, 16, 16)
+    defect[..., 4:10, 4:10] = 1
+    encoded = target + 6 * defect * torch.randn(8, 4, 16, 16)
+    skip = GatedSkip(4, init_logit=-2.0, kind="spatial")
+    optimizer = torch.optim.Adam(skip.parameters(), lr=0.05)
+    for _ in range(150):
+        optimizer.zero_grad()
+        (skip(decoded, encoded) - target).square().mean().backward()
+        optimizer.step()
+    with torch.no_grad():
+        gate = skip.gate(decoded, encoded).mean(dim=(0, 1))
+    inside, outside = gate[5:9, 5:9].mean(), gate[defect[0, 0] == 0].mean()
+    assert outside > 0.8 and inside < 0.3, (float(inside), float(outside))
+
+
+def test_unknown_skip_gate_names_the_options():
+    with pytest.raises(ValueError, match=r"model.skip_gate='pixel' is not one of \('channel', 'spatial'\)"):
+        ConvAutoencoder(skip_gate="pixel")
