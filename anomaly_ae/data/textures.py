@@ -18,7 +18,11 @@ More real material was looked for and not found under a licence that fits at >= 
 pattern sets (Debian `gimp-data`, `gimp-data-extras`: tiles of 64-256 px, GPL), Sweet Home 3D's textures
 (Debian `sweethome3d`: 256 px tiles, GPL-2+), game texture packages (`ufoai-textures`, `nexuiz-textures`,
 `openarena-081-textures`: GPL, not inspected further), scikit-image's other shipped photos (`moon`: no licence
-stated; `immunohistochemistry`: tissue, "no known copyright restrictions"). So the categories stay three.
+stated; `immunohistochemistry`: tissue, "no known copyright restrictions"). One candidate remains to add:
+the robosuite 1.5.2 wheel on PyPI (MIT licence for the package, sources of single files not stated; 157 MB,
+and the package imports MuJoCo) ships 30 material photos of 255-1450 px under
+`robosuite/models/assets/textures/` (woods, plasters, felt, brushed and scratched steel, ceramic, bricks,
+floor tiles), ten of them >= 800 px. So the categories stay three for now.
 
 Layout under `root/<category>/`: train/good/NNN.png, test/good/NNN.png, test/<defect>/NNN.png,
 ground_truth/<defect>/NNN_mask.png, and `.complete` (written last; holds the build parameters).
