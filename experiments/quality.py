@@ -49,7 +49,7 @@ VARIANTS: dict[str, list[str]] = {
     # Gated skips only at the coarser resolutions: texture guidance without a path for 1-px cracks.
     "skips_from_4": ["model.skip_min_stride=4"],
     "skips_from_8": ["model.skip_min_stride=8"],
-    # The same with the default corruption of today (skips_from_8 ran with corruption=paper, 2026-12-02).
+    # skips_from_8 with corruption=families, the default since 2026-12-02 (skips_from_8 ran with paper).
     "families_skips_from_8": ["corruption=families", "model.skip_min_stride=8"],
     "elpv_arch_skips": ELPV_LAYERS,  # the elpv_demo architecture with the default's gated skips
     "elpv_arch_skips_from_8": [*ELPV_LAYERS, "model.skip_min_stride=8"],
