@@ -39,7 +39,11 @@ VARIANTS: dict[str, list[str]] = {
     "rectangles_only": ["corruption=paper", "corruption.shapes=[rectangle]"],
     "batch_fill_only": ["corruption=paper", "corruption.sources=[batch]"],
 }
-DATASETS = {"textures": ("brick", "grass", "gravel"), "elpv": ("mono", "poly")}
+DATASETS = {
+    "textures": ("brick", "grass", "gravel"),
+    "materials": ("felt", "parquet", "plaster", "wall"),  # needs `pip install --no-deps robosuite==1.5.2`
+    "elpv": ("mono", "poly"),
+}
 RUN_COLUMNS = ("variant", "data", "category", "seed", "steps", "image_size", *METRICS, "fit_seconds")
 
 

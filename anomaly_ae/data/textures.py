@@ -1,10 +1,19 @@
-"""Embedded pixel-level demo dataset: MVTec-AD-shaped texture categories cut from scikit-image photos.
+"""Embedded pixel-level demo datasets: MVTec-AD-shaped texture categories cut from real material photos.
 
-Photos (shipped inside scikit-image's `skimage/data`, 512x512 8-bit grayscale; licences as stated in the
-`skimage.data` docstrings, all allow redistribution and any use):
+`data=textures`: photos shipped inside scikit-image's `skimage/data` (512x512 8-bit grayscale; licences as
+stated in the `skimage.data` docstrings, all allow redistribution and any use):
 - brick:  `skimage.data.brick`,  from CC0Textures "Bricks25" (cc0textures.com), Creative Commons CC0.
 - grass:  `skimage.data.grass`,  from DeviantArt "Grass-01" by linolafett, Creative Commons CC0.
 - gravel: `skimage.data.gravel`, from CC0Textures "Gravel04" (cc0textures.com), Creative Commons CC0.
+
+`data=materials`: material photos shipped in the robosuite 1.5.2 wheel on PyPI (MIT licence, the package's
+only licence; `robosuite/models/assets/textures/`), read from its folder without importing the package
+(which needs MuJoCo): `pip install --no-deps robosuite==1.5.2` (157 MB) is all it takes. Each file is
+pinned by sha256, so every build cuts the same pixels:
+- felt:    `gray-felt.png`,     854 px, grayscale (its three channels are equal: kept 1-channel).
+- parquet: `wood-tiles.png`,    800 px, colour: oak blocks in alternating directions, dark joints.
+- plaster: `white-plaster.png`, 1000 px, grayscale: low-contrast textured wall paint.
+- wall:    `white-bricks.png`,  1100 px, colour: painted brick wall.
 
 Split: train crops come from the top rows of the photo, all test crops (good and defect bases) from the
 bottom `max(size, 30 %)` rows; no crop straddles the boundary (see `crop_plan`). A 512 px photo holds few
@@ -14,15 +23,11 @@ Defects (scratch, stain, crack, hole, smudge, misoriented, particles) come from 
 independent of the training corruption, one `test/<family>/` folder each so every family is scored on its
 own; masks are 0/255 and mark exactly the changed pixels.
 
-More real material was looked for and not found under a licence that fits at >= 256 px: GIMP's
+Other real material was looked for and not found under a licence that fits at >= 256 px: GIMP's
 pattern sets (Debian `gimp-data`, `gimp-data-extras`: tiles of 64-256 px, GPL), Sweet Home 3D's textures
 (Debian `sweethome3d`: 256 px tiles, GPL-2+), game texture packages (`ufoai-textures`, `nexuiz-textures`,
 `openarena-081-textures`: GPL, not inspected further), scikit-image's other shipped photos (`moon`: no licence
-stated; `immunohistochemistry`: tissue, "no known copyright restrictions"). One candidate remains to add:
-the robosuite 1.5.2 wheel on PyPI (MIT licence for the package, sources of single files not stated; 157 MB,
-and the package imports MuJoCo) ships 30 material photos of 255-1450 px under
-`robosuite/models/assets/textures/` (woods, plasters, felt, brushed and scratched steel, ceramic, bricks,
-floor tiles), ten of them >= 800 px. So the categories stay three for now.
+stated; `immunohistochemistry`: tissue, "no known copyright restrictions").
 
 Layout under `root/<category>/`: train/good/NNN.png, test/good/NNN.png, test/<defect>/NNN.png,
 ground_truth/<defect>/NNN_mask.png, and `.complete` (written last; holds the build parameters).
@@ -31,6 +36,8 @@ ground_truth/<defect>/NNN_mask.png, and `.complete` (written last; holds the bui
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -45,9 +52,16 @@ from PIL import Image, ImageDraw
 
 from anomaly_ae.data.defects import DEFECTS
 from anomaly_ae.data.mvtec import MVTecDataModule
-from anomaly_ae.optional import require
+from anomaly_ae.optional import MissingExtra, require
 
-TEXTURES: dict[str, str] = {"brick": "brick", "grass": "grass", "gravel": "gravel"}
+TEXTURES: dict[str, str] = {"brick": "brick", "grass": "grass", "gravel": "gravel"}  # skimage.data names
+MATERIALS: dict[str, tuple[str, str]] = {  # file in robosuite/models/assets/textures, its sha256
+    "felt": ("gray-felt.png", "04c1b483f04be0bd3d26a42ca530c05244cf4b52c0ccb027dbb8fc2bee41ca05"),
+    "parquet": ("wood-tiles.png", "18d87069529422d832559ce969858576dd46f83efc3dfd9e5ffbf26d740be123"),
+    "plaster": ("white-plaster.png", "a35c03edcef74c940400dd39e2384d05169d1d15ac247166b3b7a930acd70f03"),
+    "wall": ("white-bricks.png", "864e2bfb462939212c4141a060eb4c3f34c891b6909873797b08f8c4185433d1"),
+}
+MATERIALS_PACKAGE = "robosuite==1.5.2"
 DEFECT_TYPES: tuple[str, ...] = tuple(DEFECTS)
 MARKER = ".complete"
 _VERSION = 2  # bump whenever the generated pixels change, so cached trees are rebuilt (2: 3 new families)
@@ -69,13 +83,39 @@ class Crop(NamedTuple):
 
 
 def load_photo(category: str) -> np.ndarray:
-    """Source photo of a category as (H, W, C) uint8."""
-    if category not in TEXTURES:
-        raise ValueError(f"unknown texture category {category!r}; choose from {sorted(TEXTURES)}")
-    # Imported here: only this demo needs it, and it is slow to import.
-    photos = require("skimage.data", "demo")
-    photo = np.asarray(getattr(photos, TEXTURES[category])())
-    return photo[..., None] if photo.ndim == 2 else photo[..., :3]
+    """Source photo of a category as (H, W, C) uint8; C is 1 when the photo has no colour."""
+    if category in TEXTURES:
+        # Imported here: only this demo needs it, and it is slow to import.
+        photos = require("skimage.data", "demo")
+        photo = np.asarray(getattr(photos, TEXTURES[category])())
+    elif category in MATERIALS:
+        photo = np.asarray(Image.open(material_path(category)).convert("RGB"))
+    else:
+        raise ValueError(f"unknown texture category {category!r}; choose from {sorted(TEXTURES | MATERIALS)}")
+    if photo.ndim == 2:
+        return photo[..., None]
+    photo = photo[..., :3]
+    grey = (photo[..., :1] == photo).all()
+    return np.ascontiguousarray(photo[..., :1]) if grey else photo
+
+
+def material_path(category: str) -> Path:
+    """The robosuite file of a `data=materials` category, found without importing robosuite, sha256-checked."""
+    name, digest = MATERIALS[category]
+    # find_spec of a top-level package locates it without running its __init__ (which imports MuJoCo).
+    spec = importlib.util.find_spec("robosuite")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtra(
+            f"robosuite is not installed; data=materials cuts its categories from the material photos in "
+            f"its wheel: pip install --no-deps '{MATERIALS_PACKAGE}'"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "models" / "assets" / "textures" / name
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        raise ValueError(
+            f"{path} is missing or not the photo of {MATERIALS_PACKAGE}; "
+            f"reinstall it: pip install --no-deps --force-reinstall '{MATERIALS_PACKAGE}'"
+        )
+    return path
 
 
 def split_row(height: int, size: int) -> int:
@@ -228,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: build the demo tree and optionally save a preview grid."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--categories", nargs="+", choices=sorted(TEXTURES), default=None)
+    parser.add_argument("--categories", nargs="+", choices=sorted(TEXTURES | MATERIALS), default=None)
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test-good", type=int, default=20)
     parser.add_argument("--n-test-defect", type=int, default=10)
@@ -258,15 +298,27 @@ if __name__ == "__main__":
 class TexturesDataModule(MVTecDataModule):
     """The texture demo served in the MVTec layout; built under `root` on first use (seconds)."""
 
+    data_name = "textures"
+    categories: Sequence[str] = tuple(TEXTURES)
+
     def __init__(self, root: str, category: str, build_seed: int = 0, **kwargs) -> None:
-        if category not in TEXTURES:
-            raise ValueError(f"data=textures category={category!r} is not one of {sorted(TEXTURES)}")
+        if category not in self.categories:
+            raise ValueError(
+                f"data={self.data_name} category={category!r} is not one of {sorted(self.categories)}"
+            )
         super().__init__(root=root, category=category, **kwargs)
         self.build_seed = build_seed
 
     @property
     def where(self) -> str:
-        return f"texture demo category '{self.category}' in {self.root}"
+        return f"{self.data_name} demo category '{self.category}' in {self.root}"
 
     def fetch(self) -> None:
         build_textures(self.root, [self.category], seed=self.build_seed)
+
+
+class MaterialsDataModule(TexturesDataModule):
+    """The same demo cut from the robosuite material photos (felt, parquet, plaster, wall)."""
+
+    data_name = "materials"
+    categories = tuple(MATERIALS)

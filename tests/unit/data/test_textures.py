@@ -249,3 +249,76 @@ def test_particles_are_a_cluster_of_small_compact_blobs_of_a_foreign_tone() -> N
             assert max(np.ptp(rows), np.ptp(cols)) < 0.6 * base.shape[0]  # one cluster, not scattered
             foreign = np.abs(image[mask].astype(float) - base[mask].astype(float)).mean()
             assert foreign > 40, (channels, seed, foreign)
+
+
+def _fake_robosuite(root: Path, monkeypatch: pytest.MonkeyPatch, photos: dict[str, np.ndarray]) -> None:
+    """A robosuite folder holding `photos` (file name -> pixels) on sys.path, pinned by their sha256.
+
+    Its __init__ raises, like the real one without MuJoCo: the loader must find files without importing it.
+    """
+    import importlib
+    import sys
+
+    folder = root / "robosuite" / "models" / "assets" / "textures"
+    folder.mkdir(parents=True)
+    (root / "robosuite" / "__init__.py").write_text("raise ImportError('robosuite needs mujoco')\n")
+    pins = {}
+    for category, (name, _) in textures.MATERIALS.items():
+        if name in photos:
+            Image.fromarray(photos[name]).save(folder / name)
+            pins[category] = (name, hashlib.sha256((folder / name).read_bytes()).hexdigest())
+    monkeypatch.setattr(textures, "MATERIALS", {**textures.MATERIALS, **pins})
+    monkeypatch.setattr(sys, "path", [str(root), *sys.path])
+    importlib.invalidate_caches()
+
+
+def test_material_photos_load_from_the_package_folder_without_importing_it(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (600, 300, 1), dtype=np.uint8), 4, axis=-1)  # RGBA, equal RGB
+    colour = rng.integers(0, 256, (600, 300, 3), dtype=np.uint8)
+    _fake_robosuite(tmp_path, monkeypatch, {"gray-felt.png": grey, "wood-tiles.png": colour})
+    np.testing.assert_array_equal(textures.load_photo("felt"), grey[..., :1])  # no colour: 1 channel
+    np.testing.assert_array_equal(textures.load_photo("parquet"), colour)
+    root = build_textures(tmp_path / "tree", ["felt", "parquet"], **SMALL)
+    assert Image.open(root / "felt" / "test" / "hole" / "000.png").mode == "L"
+    assert Image.open(root / "parquet" / "test" / "hole" / "000.png").mode == "RGB"
+    plan = crop_plan("parquet", **SMALL)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(root / "parquet" / "train" / "good" / "002.png")),
+        textures._cut(colour, plan["train"][2]),
+    )
+    assert "robosuite" not in __import__("sys").modules
+
+
+def test_material_photo_that_differs_from_the_pinned_one_is_refused(tmp_path, monkeypatch) -> None:
+    _fake_robosuite(tmp_path, monkeypatch, {})
+    folder = tmp_path / "robosuite" / "models" / "assets" / "textures"
+    Image.fromarray(np.zeros((600, 600), np.uint8)).save(folder / "white-plaster.png")
+    with pytest.raises(ValueError) as error:
+        textures.load_photo("plaster")
+    assert str(error.value) == (
+        f"{folder / 'white-plaster.png'} is missing or not the photo of robosuite==1.5.2; reinstall it: "
+        "pip install --no-deps --force-reinstall 'robosuite==1.5.2'"
+    )
+
+
+def test_materials_without_robosuite_name_the_install_command(monkeypatch) -> None:
+    from anomaly_ae.optional import MissingExtra
+
+    monkeypatch.setattr(textures.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingExtra) as error:
+        textures.load_photo("wall")
+    assert str(error.value) == (
+        "robosuite is not installed; data=materials cuts its categories from the material photos in its "
+        "wheel: pip install --no-deps 'robosuite==1.5.2'"
+    )
+
+
+def test_each_data_config_accepts_only_its_own_categories(tmp_path) -> None:
+    from anomaly_ae.data.textures import MaterialsDataModule, TexturesDataModule
+
+    with pytest.raises(ValueError, match=r"^data=materials category='brick' is not one of \['felt', 'parquet', "):
+        MaterialsDataModule(root=str(tmp_path), category="brick")
+    with pytest.raises(ValueError, match=r"^data=textures category='felt' is not one of \['brick', 'grass'"):
+        TexturesDataModule(root=str(tmp_path), category="felt")
+    assert MaterialsDataModule(root=str(tmp_path), category="wall").where.startswith("materials demo category")
