@@ -100,7 +100,7 @@ def load_photo(category: str) -> np.ndarray:
 
 
 def material_path(category: str) -> Path:
-    """The robosuite file of a `data=materials` category, found without importing robosuite, sha256-checked."""
+    """The robosuite file of a `data=materials` category, found without importing robosuite, checked."""
     name, digest = MATERIALS[category]
     # find_spec of a top-level package locates it without running its __init__ (which imports MuJoCo).
     spec = importlib.util.find_spec("robosuite")

@@ -57,7 +57,8 @@ def test_bad_choices_name_the_options(tmp_path):
         ("textures", "brick"), ("textures", "grass"), ("textures", "gravel"), ("elpv", "mono")
     ]  # fmt: skip
     with pytest.raises(
-        ValueError, match=r"--datasets 'mvtec': give data:category, or one of \['elpv', 'materials', 'textures'\]"
+        ValueError,
+        match=r"--datasets 'mvtec': give data:category, or one of \['elpv', 'materials', 'textures'\]",
     ):
         ablation.parse_datasets("mvtec")
     with pytest.raises(SystemExit):
