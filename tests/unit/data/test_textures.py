@@ -294,7 +294,7 @@ def test_material_photo_that_differs_from_the_pinned_one_is_refused(tmp_path, mo
     _fake_robosuite(tmp_path, monkeypatch, {})
     folder = tmp_path / "robosuite" / "models" / "assets" / "textures"
     Image.fromarray(np.zeros((600, 600), np.uint8)).save(folder / "white-plaster.png")
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(textures.DownloadError) as error:
         textures.load_photo("plaster")
     assert str(error.value) == (
         f"{folder / 'white-plaster.png'} is missing or not the photo of robosuite==1.5.2; reinstall it: "
