@@ -128,7 +128,7 @@ def _fetch(url: str, archive: Path, sha256: str, *, retries: int, timeout: float
             if err.code == 416 and part.exists():
                 # The .part already covers the whole file (or more): keep it if it verifies, else restart;
                 # without a .part there is no Range, so a second 416 lands in the final branch below.
-                if _sha256(part) == sha256:
+                if file_sha256(part) == sha256:
                     break
                 part.unlink()
                 continue
@@ -191,7 +191,7 @@ def _stream(url: str, part: Path, *, timeout: float, progress: bool) -> None:
         raise _Transient(f"connection closed after {size} of {total} bytes")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in chunks so multi-GB archives need no memory."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -202,7 +202,7 @@ def _sha256(path: Path) -> str:
 
 def _verify(archive: Path, sha256: str, url: str) -> None:
     """Delete archive and raise DownloadError unless its digest is sha256."""
-    actual = _sha256(archive)
+    actual = file_sha256(archive)
     if actual != sha256:
         archive.unlink()
         raise DownloadError(

@@ -36,7 +36,6 @@ ground_truth/<defect>/NNN_mask.png, and `.complete` (written last; holds the bui
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -51,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anomaly_ae.data.defects import DEFECTS
-from anomaly_ae.data.download import DownloadError
+from anomaly_ae.data.download import DownloadError, file_sha256
 from anomaly_ae.data.mvtec import MVTecDataModule
 from anomaly_ae.optional import MissingExtra, require
 
@@ -101,7 +100,7 @@ def load_photo(category: str) -> np.ndarray:
 
 
 def material_path(category: str) -> Path:
-    """The robosuite file of a `data=materials` category, found without importing robosuite, checked."""
+    """The robosuite file of a `data=materials` category, found without importing robosuite; hash checked."""
     name, digest = MATERIALS[category]
     # find_spec of a top-level package locates it without running its __init__ (which imports MuJoCo).
     spec = importlib.util.find_spec("robosuite")
@@ -111,7 +110,7 @@ def material_path(category: str) -> Path:
             f"its wheel: pip install --no-deps '{MATERIALS_PACKAGE}'"
         )
     path = Path(spec.submodule_search_locations[0]) / "models" / "assets" / "textures" / name
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+    if not path.is_file() or file_sha256(path) != digest:
         raise DownloadError(  # a source that fails its checksum, as for the downloaded data sets
             f"{path} is missing or not the photo of {MATERIALS_PACKAGE}; "
             f"reinstall it: pip install --no-deps --force-reinstall '{MATERIALS_PACKAGE}'"
