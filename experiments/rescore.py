@@ -45,6 +45,8 @@ VARIANTS = {  # score options on top of the run's own
     "squared_and_gradient+topk_mean": {**SQUARED_AND_GRADIENT, "reduction": "topk_mean"},
     "squared_and_gradient+sigma=1": {**SQUARED_AND_GRADIENT, "sigma": 1.0},
     "squared_and_gradient+sigma=4": {**SQUARED_AND_GRADIENT, "sigma": 4.0},
+    "residual=ssim": {"residual": "ssim", "normalize": "pixel"},
+    "residual=squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
 }
 
 

@@ -7,15 +7,16 @@ import math
 import torch
 import torch.nn.functional as F
 from kornia.filters import get_gaussian_kernel1d, sobel
+from kornia.metrics import ssim
 from torch import Tensor
 
 REDUCTIONS = ("max", "topk_mean", "mean")
 NORMALIZATIONS = ("none", "pixel")
-RESIDUALS = ("squared", "multiscale", "gradient", "squared_and_gradient")
+RESIDUALS = ("squared", "multiscale", "gradient", "squared_and_gradient", "ssim", "squared_and_ssim")
 # Residuals made of several maps, each z-scored with its own clean statistics before they are averaged: the
 # gradient distance of a trained model's clean residual is ~17x the squared residual's in std, ~37x in mean
 # (brick, 600 steps), so an unscaled sum would be the gradient map alone.
-COMPONENTS = {"squared_and_gradient": ("squared", "gradient")}
+COMPONENTS = {"squared_and_gradient": ("squared", "gradient"), "squared_and_ssim": ("squared", "ssim")}
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)
 # The stabilising constant of gradient-magnitude similarity. RIAD's 0.0026 is for Prewitt/3 kernels, whose
@@ -25,6 +26,9 @@ GMS_CONSTANT = 0.0026 / 4
 # near-zero std and turn any tiny deviation into a huge z-score that dominates the max; 1 % of the mean std
 # bounds that gain at 100x the typical pixel's.
 MIN_STD_FRACTION = 0.01
+# SSIM's Gaussian window: 11 x 11 taps of sigma 1.5 px, the setting of Wang et al. 2004 (and of scikit-image's
+# gaussian_weights=True); kornia derives sigma 1.5 from the 11-tap size.
+SSIM_WINDOW = 11
 
 
 def smoothing_radius(sigma: float, size: int) -> int:
@@ -66,7 +70,9 @@ def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared")
     local means, so fine texture detail that the autoencoder cannot reproduce weighs less than a change of
     tone or a missing region. gradient: 1 - multi-scale gradient-magnitude similarity of the grey images,
     high where an edge appears, vanishes or changes strength (a blur, a scratch), insensitive to a uniform
-    shift of brightness.
+    shift of brightness. ssim: 1 - the structural similarity (Wang et al. 2004) of each channel in an 11 x 11
+    Gaussian window, averaged over channels: compares local mean, contrast and correlation, so a patch whose
+    texture is flattened, re-oriented or has its contrast changed scores even where its mean tone is kept.
     """
     images, reconstructions = images.float(), reconstructions.float()
     if kind in COMPONENTS:
@@ -79,7 +85,18 @@ def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared")
         return _pyramid_mean(
             images.mean(1, keepdim=True), reconstructions.mean(1, keepdim=True), _gms_distance
         )
+    if kind == "ssim":
+        return _ssim_distance(images, reconstructions)
     raise ValueError(f"score.residual={kind!r} is not one of {RESIDUALS}")
+
+
+def _ssim_distance(images: Tensor, reconstructions: Tensor) -> Tensor:
+    """1 - SSIM map of two (N, C, H, W) images in [0, 1], averaged over channels: -> (N, H, W).
+
+    The window shrinks on images smaller than 11 px, whose reflect padding must stay inside the image.
+    """
+    window = min(SSIM_WINDOW, 2 * (min(images.shape[-2:]) - 1) - 1)
+    return 1 - ssim(images, reconstructions, window, max_val=1.0).mean(dim=1)
 
 
 def _gms_distance(a: Tensor, b: Tensor) -> Tensor:

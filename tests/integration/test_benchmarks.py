@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anomaly_ae.model.autoencoder import architecture
+from anomaly_ae.model.scoring import RESIDUALS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +100,7 @@ def test_bench_score_quick_prints_every_residual_against_squared():
     lines = run_quick("bench_score.py")
     assert lines[0] == "32 px, batch 2, 1 threads, median of 2"
     rows = table_rows(lines, "| score.residual |")
-    assert [row[0] for row in rows] == ["squared", "multiscale", "gradient", "squared_and_gradient"]
+    assert [row[0] for row in rows] == list(RESIDUALS)
     base = float(rows[0][1])
     assert rows[0][2] == "1.00"
     for _, rate, ratio in rows:

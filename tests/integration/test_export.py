@@ -153,6 +153,8 @@ SCORE_OPTIONS = {
     "multiscale": {"residual": "multiscale"},
     "gradient": {"residual": "gradient", "normalize": "pixel"},
     "squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
+    "ssim": {"residual": "ssim", "normalize": "pixel"},
+    "squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
 }
 
 
@@ -168,16 +170,22 @@ def test_score_options_are_exported_with_the_model(option, tmp_path):
         expected_maps, expected_scores = reference(images)
         # The option changes the maps by far more than the parity tolerance, so parity below tests it.
         assert (expected_maps - plain(images)[0]).abs().max() > 10 * TOLERANCE
+    tolerance = TOLERANCE
+    if "ssim" in option:
+        # SSIM's local variance is a difference of two filtered moments: in float32 the runtimes' rounding
+        # (~1e-7 of E[x^2]) is divided by var + C2 on flat regions, ~1e-5 of the [0, 1] map, and the z-score
+        # multiplies it by 1 / std: relative to the map's scale (z-scores up to ~1000 for this 1-step model).
+        tolerance = TOLERANCE * max(1.0, float(expected_maps.abs().max()))
     onnx_file = export(checkpoint, "onnx", tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     maps, scores = session.run(["maps", "scores"], {"images": images.numpy()})
-    assert np.abs(maps - expected_maps.numpy()).max() < TOLERANCE
-    assert np.abs(scores - expected_scores.numpy()).max() < TOLERANCE
+    assert np.abs(maps - expected_maps.numpy()).max() < tolerance
+    assert np.abs(scores - expected_scores.numpy()).max() < tolerance
     program = torch.export.load(str(export(checkpoint, "pt2", tmp_path / "model.pt2")))
     with torch.no_grad():
         maps, scores = program.module()(images)
-    assert (maps - expected_maps).abs().max() < TOLERANCE
-    assert (scores - expected_scores).abs().max() < TOLERANCE
+    assert (maps - expected_maps).abs().max() < tolerance
+    assert (scores - expected_scores).abs().max() < tolerance
     meta = json.loads({p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}[METADATA_KEY])
     assert {k: meta["score"][k] for k in SCORE_OPTIONS[option]} == SCORE_OPTIONS[option]
 

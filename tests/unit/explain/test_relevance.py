@@ -130,9 +130,12 @@ def test_the_multiscale_residual_is_quadratic_so_lrp_still_conserves_the_score(m
 
 
 @pytest.mark.parametrize("method", [LRP[0], Method("root", residual="root")], ids=lambda m: m.name)
-def test_lrp_of_squared_and_gradient_explains_its_squared_component_beside_the_models_own_map(method):
+@pytest.mark.parametrize("residual", ["squared_and_gradient", "squared_and_ssim"])
+def test_lrp_of_a_two_component_residual_explains_its_squared_component_beside_the_models_map(
+    method, residual
+):
     autoencoder = bias_free_autoencoder("batch", "transposed")
-    both = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel", residual="squared_and_gradient")
+    both = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel", residual=residual)
     std = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.5
     both.fit_statistics(torch.zeros(2, 32, 32), std)  # zero means: the squared z-score is then quadratic
     squared = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel")

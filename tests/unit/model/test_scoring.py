@@ -2,10 +2,18 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
+from skimage.metrics import structural_similarity
 
 from anomaly_ae.data.images import as_float
 from anomaly_ae.model.loss import reconstruction_loss
-from anomaly_ae.model.scoring import GMS_CONSTANT, RESIDUALS, anomaly_map, image_score, residual_map
+from anomaly_ae.model.scoring import (
+    COMPONENTS,
+    GMS_CONSTANT,
+    RESIDUALS,
+    anomaly_map,
+    image_score,
+    residual_map,
+)
 
 
 def test_anomaly_map_is_channel_mean_of_squared_residual():
@@ -110,14 +118,48 @@ def test_every_residual_of_an_exact_reconstruction_is_zero(kind):
 def test_an_unknown_residual_is_refused_by_name():
     with pytest.raises(
         ValueError,
-        match=r"score.residual='ssim' is not one of \('squared', 'multiscale', 'gradient', 'squared_and_gr",
+        match=r"score.residual='lpips' is not one of \('squared', 'multiscale', 'gradient', 'squared_and_gr",
     ):
-        residual_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "ssim")
+        residual_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "lpips")
 
 
-def test_a_residual_of_components_stacks_each_component_map():
+@pytest.mark.parametrize("kind", COMPONENTS)
+def test_a_residual_of_components_stacks_each_component_map(kind):
     images, recon = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    stacked = residual_map(images, recon, "squared_and_gradient")
+    stacked = residual_map(images, recon, kind)
     assert stacked.shape == (2, 2, 32, 32)
-    assert torch.equal(stacked[:, 0], residual_map(images, recon, "squared"))
-    assert torch.equal(stacked[:, 1], residual_map(images, recon, "gradient"))
+    for index, part in enumerate(COMPONENTS[kind]):
+        assert torch.equal(stacked[:, index], residual_map(images, recon, part))
+
+
+def test_ssim_residual_matches_scikit_image_inside_the_border():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 40, 40, generator=generator)
+    recon = (images + 0.3 * torch.rand(2, 3, 40, 40, generator=generator) - 0.15).clamp(0, 1)
+    got = residual_map(images, recon, "ssim").numpy()
+    for n in range(2):
+        similarity = [
+            structural_similarity(
+                images[n, c].double().numpy(), recon[n, c].double().numpy(), data_range=1.0,
+                gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True,
+            )[1]
+            for c in range(3)
+        ]  # fmt: skip
+        expected = 1 - np.mean(similarity, axis=0)
+        # The borders differ by padding only (torch reflect against scipy's mirror): compared inside.
+        assert np.abs(got[n, 5:-5, 5:-5] - expected[5:-5, 5:-5]).max() < 1e-5
+    assert got.mean() > 0.02  # the noise is far above the tolerance
+
+
+def test_ssim_residual_flags_flattened_texture_that_keeps_its_mean_tone():
+    generator = torch.Generator().manual_seed(1)
+    texture = 0.5 + 0.2 * (torch.rand(1, 1, 48, 48, generator=generator) - 0.5)
+    flattened = texture.clone()
+    flattened[..., 16:32, 16:32] = texture[..., 16:32, 16:32].mean()  # a smudge: contrast gone, tone kept
+    ssim_map = residual_map(texture, flattened, "ssim")[0]
+    squared_map = residual_map(texture, flattened, "squared")[0]
+    inside, outside = ssim_map[20:28, 20:28].mean(), ssim_map[:, :6].mean()
+    # No contrast left: 1 - C2 / (var + C2) = 1 - 0.0009 / 0.0042 ~ 0.79 inside; identical, 0, outside.
+    assert 0.7 < inside < 0.85 and outside < 1e-6
+    # The squared residual of the same patch is the texture's own variance, 0.0033.
+    assert squared_map[20:28, 20:28].mean() < 0.01
