@@ -6,8 +6,10 @@ Run: PYTHONPATH=. python experiments/rescore.py <run dir> [<run dir> ...]
 The score options (residual, normalisation, flip averaging, the reduction) do not change training, so they are
 compared on the weights a run selected (its checkpoints/best.ckpt) instead of training again. Leak-free:
 per-pixel statistics come from the clean validation images of the run's own split (its config.yaml),
-never from test images. Per run and variant: image AUROC, pixel AUROC and AUPRO of the test split, and the
-image AUROC of each defect family against the good test images. Markdown on stdout; --seeds-table adds
+never from test images. Per run and variant: image and pixel AUROC on the run's validation pseudo-defects
+(what a leak-free choice of the score could see; "as trained" reproduces the checkpoint's monitored value),
+image AUROC, pixel AUROC and AUPRO of the test split, and the image AUROC of each defect family against the
+good test images. Markdown on stdout; --seeds-table adds
 the mean ± std over the seeds of each run name (the runs of experiments/quality.py differ only in `_seed<n>`).
 """
 
@@ -29,6 +31,7 @@ from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics
 from anomaly_ae.inference.loading import load_module
 from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import residual_sums
+from anomaly_ae.training.module import VAL_CORRUPTION_SEED
 
 SQUARED_AND_GRADIENT = {"residual": "squared_and_gradient", "normalize": "pixel"}  # the default residual
 VARIANTS = {  # score options on top of the run's own
@@ -45,6 +48,8 @@ VARIANTS = {  # score options on top of the run's own
     "squared_and_gradient+topk_mean": {**SQUARED_AND_GRADIENT, "reduction": "topk_mean"},
     "squared_and_gradient+sigma=1": {**SQUARED_AND_GRADIENT, "sigma": 1.0},
     "squared_and_gradient+sigma=4": {**SQUARED_AND_GRADIENT, "sigma": 4.0},
+    "topk=25": {"reduction": "topk_mean", "topk": 25},
+    "topk=400": {"reduction": "topk_mean", "topk": 400},
     "residual=ssim": {"residual": "ssim", "normalize": "pixel"},
     "residual=squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
 }
@@ -64,6 +69,7 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
             batches = datamodule.val_dataloader()
             sums = sum(residual_sums(scorer.residual(as_float(b["image"]))) for b in batches)
             scorer.fit_normalization(sums[1], sums[2], float(sums[0].flatten()[0]))
+        row = {"run": run_dir.name, "score": name, **validation_metrics(module, scorer, datamodule)}
         image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
         scores, labels, families = [], [], []
         for batch in datamodule.test_dataloader():
@@ -77,7 +83,7 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
             scores += batch_scores.tolist()
             labels += batch["label"].tolist()
             families += list(batch["defect_type"])
-        row = {"run": run_dir.name, "score": name, **{k: float(v) for k, v in image.compute().items()}}
+        row |= {k: float(v) for k, v in image.compute().items()}
         if datamodule.has_masks:
             row |= {k: float(v) for k, v in pixel.compute().items()}
         for family in sorted({f for f, label in zip(families, labels, strict=True) if label}):
@@ -96,9 +102,23 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def validation_metrics(module, scorer: AnomalyScorer, datamodule) -> dict[str, float]:
+    """Image and pixel AUROC of `scorer` on the run's validation pseudo-defects (never test data), drawn as
+    the run's own validation draws them: its val_corruption with its fixed seed, each clean image once."""
+    generator = torch.Generator().manual_seed(VAL_CORRUPTION_SEED)
+    image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
+    for batch in datamodule.val_dataloader():
+        corrupted, masks = module.val_corruption(as_float(batch["image"]), generator)
+        maps = scorer.anomaly_map(corrupted)
+        image.update(scorer.image_score(maps), masks[:, 0].flatten(1).any(dim=1).long())
+        pixel.update(maps, masks[:, 0])
+    return {"val_image_auroc": float(image.compute()["image_auroc"]),
+            "val_pixel_auroc": float(pixel.compute()["pixel_auroc"])}  # fmt: skip
+
+
 def markdown(rows: list[dict]) -> str:
     families = sorted({k for row in rows for k in row if k.startswith("family_")})
-    columns = ["image_auroc", "pixel_auroc", "pixel_aupro", *families]
+    columns = ["val_image_auroc", "val_pixel_auroc", "image_auroc", "pixel_auroc", "pixel_aupro", *families]
     lines = ["| run | score | " + " | ".join(c.removeprefix("family_") for c in columns) + " |"]
     lines.append("|---|---|" + "---|" * len(columns))
     for row in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from anomaly_ae.cli.train import fit
 from tests.helpers import compose_config, load_script, tiny_overrides
@@ -20,12 +21,17 @@ def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # the same weights and score: the same numbers
         assert as_trained[key] == pytest.approx(test[f"test/{key}"], abs=1e-6), key
     assert as_trained["family_square"] == pytest.approx(test["test/image_auroc"], abs=1e-6)  # one family
+    # The validation pseudo-defects are drawn as in training: the selected checkpoint's own monitored value.
+    states = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["callbacks"]
+    best = [v["best_model_score"] for v in states.values() if v.get("monitor") == "val/pixel_auroc"]
+    assert as_trained["val_pixel_auroc"] == pytest.approx(float(best[0]), abs=1e-6)
     for row in rows:
-        assert all(0 <= row[k] <= 1 for k in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+        assert all(0 <= row[k] <= 1 for k in ("image_auroc", "pixel_auroc", "pixel_aupro", "val_pixel_auroc"))
     capsys.readouterr()  # the training run's own output
     rescore.main([str(tmp_path / "run"), "--variants", "as trained,normalize=pixel"])
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "| run | score | image_auroc | pixel_auroc | pixel_aupro | square |"
+    columns = "val_image_auroc | val_pixel_auroc | image_auroc | pixel_auroc | pixel_aupro | square"
+    assert table[0] == f"| run | score | {columns} |"
     assert [line.split(" | ")[1] for line in table[2:]] == ["as trained", "normalize=pixel"]
     assert not any("," in name for name in rescore.VARIANTS)  # every one can be chosen by --variants
     with pytest.raises(SystemExit):
