@@ -52,6 +52,7 @@ VARIANTS = {  # score options on top of the run's own
     "topk=400": {"reduction": "topk_mean", "topk": 400},
     "residual=ssim": {"residual": "ssim", "normalize": "pixel"},
     "residual=squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
+    "residual=squared_gradient_and_ssim": {"residual": "squared_gradient_and_ssim", "normalize": "pixel"},
 }
 
 

@@ -12,11 +12,23 @@ from torch import Tensor
 
 REDUCTIONS = ("max", "topk_mean", "mean")
 NORMALIZATIONS = ("none", "pixel")
-RESIDUALS = ("squared", "multiscale", "gradient", "squared_and_gradient", "ssim", "squared_and_ssim")
+RESIDUALS = (
+    "squared",
+    "multiscale",
+    "gradient",
+    "squared_and_gradient",
+    "ssim",
+    "squared_and_ssim",
+    "squared_gradient_and_ssim",
+)
 # Residuals made of several maps, each z-scored with its own clean statistics before they are averaged: the
 # gradient distance of a trained model's clean residual is ~17x the squared residual's in std, ~37x in mean
 # (brick, 600 steps), so an unscaled sum would be the gradient map alone.
-COMPONENTS = {"squared_and_gradient": ("squared", "gradient"), "squared_and_ssim": ("squared", "ssim")}
+COMPONENTS = {
+    "squared_and_gradient": ("squared", "gradient"),
+    "squared_and_ssim": ("squared", "ssim"),
+    "squared_gradient_and_ssim": ("squared", "gradient", "ssim"),
+}
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)
 # The stabilising constant of gradient-magnitude similarity. RIAD's 0.0026 is for Prewitt/3 kernels, whose

@@ -155,6 +155,7 @@ SCORE_OPTIONS = {
     "squared_and_gradient": {"residual": "squared_and_gradient", "normalize": "pixel"},
     "ssim": {"residual": "ssim", "normalize": "pixel"},
     "squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
+    "squared_gradient_and_ssim": {"residual": "squared_gradient_and_ssim", "normalize": "pixel"},
 }
 
 

@@ -10,6 +10,7 @@ from anomaly_ae.explain.relevance import propagate
 from anomaly_ae.explain.rules import COMPOSITES, build_composite
 from anomaly_ae.model.autoencoder import ConvAutoencoder
 from anomaly_ae.model.scorer import AnomalyScorer
+from anomaly_ae.model.scoring import COMPONENTS
 
 CONSERVATION_TOLERANCE = 1e-3  # relative; stabilisers (1e-6) and merged batch norms' eps leave ~1e-5
 LRP = [Method(name, composite=name) for name in COMPOSITES]
@@ -130,14 +131,13 @@ def test_the_multiscale_residual_is_quadratic_so_lrp_still_conserves_the_score(m
 
 
 @pytest.mark.parametrize("method", [LRP[0], Method("root", residual="root")], ids=lambda m: m.name)
-@pytest.mark.parametrize("residual", ["squared_and_gradient", "squared_and_ssim"])
-def test_lrp_of_a_two_component_residual_explains_its_squared_component_beside_the_models_map(
-    method, residual
-):
+@pytest.mark.parametrize("residual", list(COMPONENTS))
+def test_lrp_of_a_residual_of_components_explains_its_squared_one_beside_the_models_map(method, residual):
     autoencoder = bias_free_autoencoder("batch", "transposed")
     both = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel", residual=residual)
-    std = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.5
-    both.fit_statistics(torch.zeros(2, 32, 32), std)  # zero means: the squared z-score is then quadratic
+    parts = len(COMPONENTS[residual])
+    std = torch.rand(parts, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.5
+    both.fit_statistics(torch.zeros(parts, 32, 32), std)  # zero means: the squared z-score is then quadratic
     squared = AnomalyScorer(autoencoder, 1.0, image_size=32, normalize="pixel")
     squared.fit_statistics(torch.zeros(32, 32), std[0])
     images = torch.rand(2, 3, 32, 32)

@@ -127,7 +127,7 @@ def test_an_unknown_residual_is_refused_by_name():
 def test_a_residual_of_components_stacks_each_component_map(kind):
     images, recon = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     stacked = residual_map(images, recon, kind)
-    assert stacked.shape == (2, 2, 32, 32)
+    assert stacked.shape == (2, len(COMPONENTS[kind]), 32, 32)
     for index, part in enumerate(COMPONENTS[kind]):
         assert torch.equal(stacked[:, index], residual_map(images, recon, part))
 
