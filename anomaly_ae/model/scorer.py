@@ -35,7 +35,7 @@ DEFAULT_SCORE = {
 
 
 class AnomalyScorer(nn.Module):
-    """Autoencoder -> residual (squared, multiscale or gradient) -> [per-pixel z-score] -> smoothing -> score.
+    """Autoencoder -> residual (one of RESIDUALS) -> [per-pixel z-score] -> smoothing -> score.
 
     Args:
         autoencoder: maps (N, C, H, W) images in [0, 1] to reconstructions of the same shape.

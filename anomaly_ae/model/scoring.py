@@ -39,7 +39,7 @@ GMS_CONSTANT = 0.0026 / 4
 # bounds that gain at 100x the typical pixel's.
 MIN_STD_FRACTION = 0.01
 # SSIM's Gaussian window: 11 x 11 taps of sigma 1.5 px, the setting of Wang et al. 2004 (and of scikit-image's
-# gaussian_weights=True); kornia derives sigma 1.5 from the 11-tap size.
+# gaussian_weights=True); kornia's ssim fixes sigma at 1.5 and takes the tap count.
 SSIM_WINDOW = 11
 
 
