@@ -9,8 +9,8 @@ per-pixel statistics come from the clean validation images of the run's own spli
 never from test images. Per run and variant: image and pixel AUROC on the run's validation pseudo-defects
 (what a leak-free choice of the score could see; "as trained" reproduces the checkpoint's monitored value),
 image AUROC, pixel AUROC and AUPRO of the test split, and the image AUROC of each defect family against the
-good test images. Markdown on stdout; --seeds-table adds
-the mean ± std over the seeds of each run name (the runs of experiments/quality.py differ only in `_seed<n>`).
+good test images. Markdown on stdout; --seeds-table adds the mean ± std over the seeds of each run name (the
+runs of experiments/quality.py differ only in `_seed<n>`).
 """
 
 from __future__ import annotations
