@@ -19,6 +19,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,51 +57,86 @@ VARIANTS = {  # score options on top of the run's own
 }
 
 
+class TestOutputs(NamedTuple):
+    """A scorer's outputs on a run's test split, in loader order: maps at the model input size."""
+
+    maps: torch.Tensor  # (N, S, S)
+    scores: torch.Tensor  # (N,)
+    labels: torch.Tensor  # (N,)
+    families: list[str]
+    masks: list[torch.Tensor] | None  # (H, W) each, at the ground-truth size; None without masks
+
+
 @torch.no_grad()
 def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
+    module, datamodule = load_run(run_dir)
+    rows = []
+    for name, options in variants.items():
+        scorer = fitted_scorer(module, datamodule, options)
+        row = {"run": run_dir.name, "score": name, **validation_metrics(module, scorer, datamodule)}
+        row |= test_metrics(test_outputs(scorer, datamodule), module.hparams.eval["max_fpr"])
+        rows.append(row)
+        print(f"{run_dir.name} / {name}: image AUROC {row['image_auroc']:.3f}", file=sys.stderr)
+    return rows
+
+
+def load_run(run_dir: Path):
+    """The run's selected weights (checkpoints/best.ckpt) and its own data split, set up for testing."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     module = load_module(run_dir / "checkpoints" / "best.ckpt")
     datamodule = instantiate(cfg.data, progress=False)
     datamodule.setup("test")
-    size, rows = module.hparams.image_size, []
-    for name, options in variants.items():
-        score = {**module.hparams.score, **options}
-        scorer = AnomalyScorer.from_config(module.autoencoder, score, size).eval()
-        if score.get("normalize", "none") != "none":  # statistics of clean validation images only
-            batches = datamodule.val_dataloader()
-            sums = sum(residual_sums(scorer.residual(as_float(b["image"]))) for b in batches)
-            scorer.fit_normalization(sums[1], sums[2], float(sums[0].flatten()[0]))
-        row = {"run": run_dir.name, "score": name, **validation_metrics(module, scorer, datamodule)}
-        image, pixel = ImageMetrics(), PixelMetrics(module.hparams.eval["max_fpr"])
-        scores, labels, families = [], [], []
-        for batch in datamodule.test_dataloader():
-            maps, batch_scores = scorer(as_float(batch["image"]))
-            image.update(batch_scores, batch["label"].long())
-            if datamodule.has_masks:
-                masks = batch["mask"][:, 0]
-                if masks.shape[-2:] != maps.shape[-2:]:
-                    maps = F.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear")[:, 0]
-                pixel.update(maps, masks)
-            scores += batch_scores.tolist()
-            labels += batch["label"].tolist()
-            families += list(batch["defect_type"])
-        row |= {k: float(v) for k, v in image.compute().items()}
+    return module, datamodule
+
+
+@torch.no_grad()
+def fitted_scorer(module, datamodule, options: dict) -> AnomalyScorer:
+    """The run's scorer with `options` on top; per-pixel statistics from its clean validation images only."""
+    score = {**module.hparams.score, **options}
+    scorer = AnomalyScorer.from_config(module.autoencoder, score, module.hparams.image_size).eval()
+    if score.get("normalize", "none") != "none":
+        batches = datamodule.val_dataloader()
+        sums = sum(residual_sums(scorer.residual(as_float(b["image"]))) for b in batches)
+        scorer.fit_normalization(sums[1], sums[2], float(sums[0].flatten()[0]))
+    return scorer
+
+
+@torch.no_grad()
+def test_outputs(scorer: AnomalyScorer, datamodule) -> TestOutputs:
+    maps, scores, labels, families, masks = [], [], [], [], []
+    for batch in datamodule.test_dataloader():
+        batch_maps, batch_scores = scorer(as_float(batch["image"]))
+        maps.append(batch_maps)
+        scores.append(batch_scores)
+        labels.append(batch["label"].long())
+        families += list(batch["defect_type"])
         if datamodule.has_masks:
-            row |= {k: float(v) for k, v in pixel.compute().items()}
-        for family in sorted({f for f, label in zip(families, labels, strict=True) if label}):
-            keep = [
-                i
-                for i, (f, label) in enumerate(zip(families, labels, strict=True))
-                if not label or f == family
-            ]
-            family_metric = ImageMetrics()
-            family_metric.update(
-                torch.tensor([scores[i] for i in keep]), torch.tensor([labels[i] for i in keep])
-            )
-            row[f"family_{family}"] = float(family_metric.compute()["image_auroc"])
-        rows.append(row)
-        print(f"{run_dir.name} / {name}: image AUROC {row['image_auroc']:.3f}", file=sys.stderr)
-    return rows
+            masks += list(batch["mask"][:, 0])
+    return TestOutputs(
+        torch.cat(maps), torch.cat(scores), torch.cat(labels), families, masks if masks else None
+    )
+
+
+def test_metrics(outputs: TestOutputs, max_fpr: float) -> dict[str, float]:
+    """Image metrics, pixel metrics (maps upsampled bilinearly to the mask size), image AUROC per family."""
+    image = ImageMetrics()
+    image.update(outputs.scores, outputs.labels)
+    row = {k: float(v) for k, v in image.compute().items()}
+    if outputs.masks is not None:
+        pixel = PixelMetrics(max_fpr)
+        for one_map, mask in zip(outputs.maps, outputs.masks, strict=True):
+            if mask.shape != one_map.shape:
+                one_map = F.interpolate(one_map[None, None], size=mask.shape, mode="bilinear")[0, 0]
+            pixel.update(one_map[None], mask[None])
+        row |= {k: float(v) for k, v in pixel.compute().items()}
+    labels = outputs.labels.tolist()
+    for family in sorted({f for f, label in zip(outputs.families, labels, strict=True) if label}):
+        keep = [i for i, (f, label) in enumerate(zip(outputs.families, labels, strict=True))
+                if not label or f == family]  # fmt: skip
+        family_metric = ImageMetrics()
+        family_metric.update(outputs.scores[keep], outputs.labels[keep])
+        row[f"family_{family}"] = float(family_metric.compute()["image_auroc"])
+    return row
 
 
 def validation_metrics(module, scorer: AnomalyScorer, datamodule) -> dict[str, float]:
