@@ -41,6 +41,15 @@ def test_trainer_variants_extend_the_default():
     assert gpu.accelerator == "gpu" and gpu.devices == 1 and gpu.precision == "bf16-mixed" and gpu.benchmark
 
 
+def test_the_bottleneck_model_is_conv_ae_without_skips_and_the_elpv_recipe_uses_it():
+    default = compose_config([]).model
+    bottleneck = compose_config(["model=conv_ae_bottleneck"]).model
+    changed = {key: bottleneck[key] for key in default if bottleneck[key] != default[key]}
+    assert changed == {"skips": False, "upsample": "bilinear", "down_kernel": 3, "output": "sigmoid"}
+    demo = compose_config(["experiment=elpv_demo"]).model
+    assert {**bottleneck, "width": 16, "max_width": 128} == dict(demo)
+
+
 def test_typos_are_rejected():
     with pytest.raises(Exception, match="lrr"):
         compose_config(["optim.lrr=1"])
