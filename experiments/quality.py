@@ -37,8 +37,8 @@ FAMILIES = ("scratch", "stain", "crack", "hole", "smudge", "misoriented", "parti
 METRICS = ablation.METRICS + tuple(f"family_{f}" for f in FAMILIES) + ("train_images_per_s", "test_seconds")
 RUN_COLUMNS = ("variant", "data", "category", "seed", "steps", "image_size", *METRICS, "train_seconds",
                "fit_seconds", "run_dir")  # fmt: skip
-ELPV_LAYERS = ["model.output=sigmoid", "model.down_kernel=3", "model.upsample=bilinear"]
-ELPV_ARCH = ["model.skips=false", *ELPV_LAYERS]
+ELPV_ARCH = ["model=conv_ae_bottleneck"]  # the architecture of experiment=elpv_demo: no skips, sigmoid, 3x3
+ELPV_LAYERS = [*ELPV_ARCH, "model.skips=true"]  # its layers with the default's gated skips
 
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=families
