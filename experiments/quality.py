@@ -60,6 +60,8 @@ VARIANTS: dict[str, list[str]] = {
     # elpv_demo layers with them.
     "spatial_gates": ["model.skip_gate=spatial"],
     "elpv_arch_spatial_gates": [*ELPV_LAYERS, "model.skip_gate=spatial"],
+    # The default, half of whose training images pass the decoder with every skip closed.
+    "skip_dropout": ["model.skip_dropout=0.5"],
     # + the multi-scale gradient-magnitude loss term: RIAD's weight 1, and a tenth of it.
     "gradient_loss": ["loss.gradient_weight=1.0"],
     "gradient_loss_01": ["loss.gradient_weight=0.1"],

@@ -156,6 +156,7 @@ TRAIN = DATA | {
     "model.skip_init_logit": number(),
     "model.skip_min_stride": Rule(lambda v: _is_int(v) and v >= 2 and not v & (v - 1), "a power of 2 >= 2"),
     "model.skip_gate": one_of(*SKIP_GATES),
+    "model.skip_dropout": number(0, 1, open_high=True),
     "model.upsample": one_of("transposed", "bilinear"),
     "model.padding_mode": one_of(*PADDINGS),
     "model.down_kernel": one_of(3, 4),

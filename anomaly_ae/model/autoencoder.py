@@ -116,6 +116,8 @@ class ConvAutoencoder(nn.Module):
             computed from the features, see `GatedSkip`).
         skip_min_stride: the finest resolution that gets a skip, as a downsampling factor: 2 (H/2 and
             coarser, every skip), 4 (H/4 and coarser), ...; finer skips are built but never used.
+        skip_dropout: in training, the probability that an image passes through the decoder with every
+            skip closed, so the bottleneck alone must reconstruct it too; no effect in eval mode.
         upsample: "transposed" (ConvTranspose2d) or "bilinear" (upsample + conv).
         padding_mode: of every conv but the transposed ones: "zeros", or "replicate"/"reflect", which
             keep the image border from looking unlike its inside (zero padding makes borders light up).
@@ -138,6 +140,7 @@ class ConvAutoencoder(nn.Module):
         skip_init_logit: float = -2.0,
         skip_min_stride: int = 2,
         skip_gate: str = "channel",
+        skip_dropout: float = 0.0,
         upsample: str = "transposed",
         padding_mode: str = "zeros",
         bottleneck_channels: int | None = None,
@@ -153,6 +156,8 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"model.down_kernel={down_kernel!r} is not one of (3, 4)")
         if skip_min_stride < 2 or skip_min_stride & (skip_min_stride - 1):
             raise ValueError(f"model.skip_min_stride={skip_min_stride!r} is not a power of 2 >= 2")
+        if not 0 <= skip_dropout < 1:
+            raise ValueError(f"model.skip_dropout={skip_dropout!r} is not in [0, 1)")
         if skip_gate not in SKIP_GATES:
             raise ValueError(f"model.skip_gate={skip_gate!r} is not one of {SKIP_GATES}")
         if output not in OUTPUTS:
@@ -188,6 +193,7 @@ class ConvAutoencoder(nn.Module):
         )
         finest = skip_min_stride.bit_length() - 1  # log2: the stage index of the finest skip used
         self.used_skips = max(0, len(self.skips) - finest + 1) if skips else 0  # skips[:used_skips] join
+        self.skip_dropout = float(skip_dropout)
         self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1, padding_mode=pad)
         self.output = OUTPUTS[output]()  # no parameters: checkpoints of either kind share their keys
 
@@ -211,8 +217,12 @@ class ConvAutoencoder(nn.Module):
             h = down(h)
             encoded.append(h)  # encoded[i]: (N, widths[i+1], H / 2**(i+1), W / 2**(i+1))
         h = self.squeeze(self.bottleneck(h))
+        open_ = None  # (N, 1, 1, 1): 1 where the image's skips stay open; None: all open
+        if self.training and self.skip_dropout and self.used_skips:
+            open_ = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.skip_dropout).to(h.dtype)
         for level, up in enumerate(self.up):
             h = up(h)
             if level < self.used_skips:
-                h = self.skips[level](h, encoded[-level - 2])
+                joined = self.skips[level](h, encoded[-level - 2])
+                h = joined if open_ is None else open_ * joined + (1 - open_) * h
         return self.output(self.head(h))

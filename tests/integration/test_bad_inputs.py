@@ -151,6 +151,8 @@ CASES = [
      refused("model.depth", "0", "an integer in [1, 10]")),
     ("train-skip-stride", train("mvtec", "model.skip_min_stride=3"), 2,
      refused("model.skip_min_stride", "3", "a power of 2 >= 2")),
+    ("train-skip-dropout", train("mvtec", "model.skip_dropout=1.5"), 2,
+     refused("model.skip_dropout", "1.5", "a number in [0, 1)")),
     ("train-skip-gate", train("mvtec", "model.skip_gate=pixel"), 2,
      refused("model.skip_gate", "pixel", "one of channel, spatial")),
     ("train-norm", train("mvtec", "model.norm=layer"), 2,

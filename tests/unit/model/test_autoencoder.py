@@ -56,6 +56,30 @@ def test_skip_min_stride_must_be_a_power_of_two():
         ConvAutoencoder(skip_min_stride=3)
 
 
+def test_skip_dropout_closes_every_skip_of_the_drawn_images_in_training_only():
+    kwargs = {"in_channels": 1, "width": 4, "depth": 3, "dilations": (1,), "norm": "none"}
+    dropped = ConvAutoencoder(**kwargs, skip_dropout=0.5, skip_init_logit=0.0)
+    closed = ConvAutoencoder(**kwargs, skips=False)
+    closed.load_state_dict(dropped.state_dict())  # same keys: every skip module is built either way
+    opened = ConvAutoencoder(**kwargs, skip_init_logit=0.0)
+    opened.load_state_dict(dropped.state_dict())
+    images = torch.rand(16, 1, 32, 32)
+    torch.manual_seed(0)
+    keep = (torch.rand(16, 1, 1, 1) >= 0.5).flatten()  # the draw the model makes after the same seed
+    torch.manual_seed(0)
+    out = dropped.train()(images)
+    assert 0 < keep.sum() < 16  # both kinds in the batch
+    torch.testing.assert_close(out[keep], opened.train()(images)[keep])
+    torch.testing.assert_close(out[~keep], closed.train()(images)[~keep])
+    assert not torch.allclose(out[~keep], opened(images)[~keep])  # the skips do change the output
+    torch.testing.assert_close(dropped.eval()(images), opened.eval()(images))  # eval: every skip open
+
+
+def test_skip_dropout_must_be_a_probability_below_one():
+    with pytest.raises(ValueError, match=r"model.skip_dropout=1.0 is not in \[0, 1\)"):
+        ConvAutoencoder(skip_dropout=1.0)
+
+
 def test_skip_gates_start_mostly_closed():
     model = ConvAutoencoder(in_channels=1, width=8, depth=3, skip_init_logit=-2.0)
     assert len(model.skips) == 2  # at H/4 and H/2, never at full resolution
