@@ -155,7 +155,8 @@ def validation_metrics(module, scorer: AnomalyScorer, datamodule) -> dict[str, f
 
 def markdown(rows: list[dict]) -> str:
     families = sorted({k for row in rows for k in row if k.startswith("family_")})
-    columns = ["val_image_auroc", "val_pixel_auroc", "image_auroc", "pixel_auroc", "pixel_aupro", *families]
+    validation = [c for c in ("val_image_auroc", "val_pixel_auroc") if any(c in row for row in rows)]
+    columns = [*validation, "image_auroc", "pixel_auroc", "pixel_aupro", *families]
     lines = ["| run | score | " + " | ".join(c.removeprefix("family_") for c in columns) + " |"]
     lines.append("|---|---|" + "---|" * len(columns))
     for row in rows:

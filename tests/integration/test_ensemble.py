@@ -38,6 +38,7 @@ def test_each_run_alone_reproduces_its_test_and_a_run_paired_with_itself_is_unch
     capsys.readouterr()  # the training runs' own output
     ensemble.main([str(skips), "--partner", "skips:plain", "--seeds-table"])
     table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| run | score | image_auroc | pixel_auroc | pixel_aupro | square |"  # no validation
     assert [line.split(" | ")[1] for line in table[2:5]] == ["skips", "plain", "mean of both"]
     assert table[8].startswith("| toy | skips | 1 | ")  # seeds table: run name without _seed<n>
     with pytest.raises(SystemExit):
