@@ -133,9 +133,11 @@ def test_every_model_config_builds_without_its_run_options():
 
     from anomaly_ae.cli.common import CONF_DIR
     from anomaly_ae.model.autoencoder import RUN_OPTIONS, architecture
+    from tests.helpers import compose_config
 
     for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
-        config = OmegaConf.to_container(OmegaConf.load(path))
+        # Composed, not read raw: a model file may extend another through its defaults list.
+        config = OmegaConf.to_container(compose_config([f"model={path.stem}"]).model)
         assert set(RUN_OPTIONS) <= set(config), path  # the run options are config values
         model = instantiate(architecture(config), in_channels=1)
         images = torch.rand(2, 1, 64, 64)
