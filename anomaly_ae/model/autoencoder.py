@@ -217,12 +217,13 @@ class ConvAutoencoder(nn.Module):
             h = down(h)
             encoded.append(h)  # encoded[i]: (N, widths[i+1], H / 2**(i+1), W / 2**(i+1))
         h = self.squeeze(self.bottleneck(h))
-        open_ = None  # (N, 1, 1, 1): 1 where the image's skips stay open; None: all open
+        skips_open = None  # (N, 1, 1, 1): 1 where the image's skips stay open; None: open for all
         if self.training and self.skip_dropout and self.used_skips:
-            open_ = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.skip_dropout).to(h.dtype)
+            drawn = torch.rand(x.shape[0], 1, 1, 1, device=x.device)
+            skips_open = (drawn >= self.skip_dropout).to(h.dtype)
         for level, up in enumerate(self.up):
             h = up(h)
             if level < self.used_skips:
                 joined = self.skips[level](h, encoded[-level - 2])
-                h = joined if open_ is None else open_ * joined + (1 - open_) * h
+                h = joined if skips_open is None else skips_open * joined + (1 - skips_open) * h
         return self.output(self.head(h))
