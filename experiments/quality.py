@@ -73,6 +73,8 @@ VARIANTS: dict[str, list[str]] = {
                             "corruption.sources=[batch,self,texture,photometric]"],
     "families_no_photometric": [*ELPV_ARCH, "corruption=families",
                                 "corruption.sources=[batch,self,texture,missing]"],
+    # + a segmenter trained on the corruption masks, its logits a third z-scored residual component.
+    "learned": ["score.residual=squared_gradient_and_learned"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
     "elpv_arch_families_lr_2e-4": [*ELPV_ARCH, "corruption=families", "optim.lr=2.0e-4"],

@@ -54,6 +54,9 @@ VARIANTS = {  # score options on top of the run's own
     "residual=ssim": {"residual": "ssim", "normalize": "pixel"},
     "residual=squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
     "residual=squared_gradient_and_ssim": {"residual": "squared_gradient_and_ssim", "normalize": "pixel"},
+    # Runs that trained a segmenter (score.residual=squared_gradient_and_learned) only:
+    "learned": {"residual": "learned", "normalize": "pixel"},
+    "squared_gradient_and_learned": {"residual": "squared_gradient_and_learned", "normalize": "pixel"},
 }
 
 
@@ -72,6 +75,9 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
     module, datamodule = load_run(run_dir)
     rows = []
     for name, options in variants.items():
+        if "learned" in options.get("residual", "") and module.scorer.segmenter is None:
+            print(f"{run_dir.name} / {name}: skipped, the run trained no segmenter", file=sys.stderr)
+            continue
         scorer = fitted_scorer(module, datamodule, options)
         row = {"run": run_dir.name, "score": name, **validation_metrics(module, scorer, datamodule)}
         row |= test_metrics(test_outputs(scorer, datamodule), module.hparams.eval["max_fpr"])
@@ -94,6 +100,10 @@ def fitted_scorer(module, datamodule, options: dict) -> AnomalyScorer:
     """The run's scorer with `options` on top; per-pixel statistics from its clean validation images only."""
     score = {**module.hparams.score, **options}
     scorer = AnomalyScorer.from_config(module.autoencoder, score, module.hparams.image_size).eval()
+    if scorer.segmenter is not None:  # a learned residual: the run's trained segmenter, not a fresh one
+        if module.scorer.segmenter is None:
+            raise ValueError(f"{options}: this run trained no segmenter (its score.residual has no learned part)")
+        scorer.segmenter = module.scorer.segmenter
     if score.get("normalize", "none") != "none":
         batches = datamodule.val_dataloader()
         sums = sum(residual_sums(scorer.residual(as_float(b["image"]))) for b in batches)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from anomaly_ae.corruption.structured import FILLS, FOREIGN_SOURCES, SHAPES
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS, SKIP_GATES
-from anomaly_ae.model.scoring import COMPONENTS, NORMALIZATIONS, REDUCTIONS, RESIDUALS
+from anomaly_ae.model.scoring import COMPONENTS, LEARNED, NORMALIZATIONS, REDUCTIONS, RESIDUALS
 
 # Above this side the first full-resolution layer alone holds width x side^2 float32 activations per image
 # (32 x 4096^2 x 4 B = 2 GB): larger photos are tiled or resized before they reach the model.
@@ -140,6 +140,8 @@ TRAIN = DATA | {
     "score.normalize": one_of(*NORMALIZATIONS),
     "score.flip_average": BOOLEAN,
     "score.residual": one_of(*RESIDUALS),
+    "score.segmenter_width": integer(1),
+    "score.segmenter_depth": integer(1),
     "eval.resolution": one_of("mask", "model"),
     "eval.threshold": one_of("f1", "quantile"),
     "eval.quantile": number(0, 1, open_low=True, open_high=True),
@@ -275,6 +277,17 @@ def _check_training(cfg: DictConfig) -> None:
         raise ConfigError(
             f"score.residual={residual} averages z-scores of its maps and needs score.normalize=pixel; "
             f"got score.normalize={normalize}: set score.normalize=pixel or choose another score.residual"
+        )
+    if residual == LEARNED and normalize not in ("pixel", _ABSENT):
+        raise ConfigError(
+            f"score.residual={residual} z-scores the segmenter's logits on clean images and needs "
+            f"score.normalize=pixel; got score.normalize={normalize}: set score.normalize=pixel"
+        )
+    learned = residual == LEARNED or LEARNED in COMPONENTS.get(residual, ())
+    if learned and "corruption" in cfg and not cfg.corruption:
+        raise ConfigError(
+            f"score.residual={residual} trains its segmenter on the corruption's masks, but corruption=none: "
+            "choose a corruption (corruption=families) or another score.residual"
         )
     if _value(cfg, "trainer.max_epochs") == 0:
         raise ConfigError(

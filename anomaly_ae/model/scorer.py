@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from anomaly_ae.model.scoring import (
     COMPONENTS,
+    LEARNED,
     NORMALIZATIONS,
     RESIDUALS,
     gaussian_kernel,
@@ -22,6 +23,7 @@ from anomaly_ae.model.scoring import (
     smooth,
     smoothing_radius,
 )
+from anomaly_ae.model.segmenter import DefectSegmenter
 
 # What a checkpoint that predates an option scored with: its `score:` is completed with these values.
 DEFAULT_SCORE = {
@@ -31,6 +33,8 @@ DEFAULT_SCORE = {
     "normalize": "none",
     "flip_average": False,
     "residual": "squared",
+    "segmenter_width": 8,
+    "segmenter_depth": 3,
 }
 
 
@@ -48,6 +52,9 @@ class AnomalyScorer(nn.Module):
             horizontally flipped image (test-time augmentation, a second autoencoder pass).
         residual: the per-pixel residual, one of RESIDUALS (`scoring.residual_map`); one made of several
             maps (`scoring.COMPONENTS`) needs normalize=pixel, which z-scores each before averaging them.
+            A residual with the `learned` component owns a DefectSegmenter (`segmenter`), trained with the
+            autoencoder on the corruption masks (training/module.py); it needs normalize=pixel.
+        segmenter_width, segmenter_depth: the DefectSegmenter's size, used only by a learned residual.
     """
 
     def __init__(
@@ -60,6 +67,8 @@ class AnomalyScorer(nn.Module):
         normalize: str = "none",
         flip_average: bool = False,
         residual: str = "squared",
+        segmenter_width: int = 8,
+        segmenter_depth: int = 3,
     ) -> None:
         super().__init__()
         if residual not in RESIDUALS:
@@ -79,6 +88,16 @@ class AnomalyScorer(nn.Module):
                 f"score.residual={residual} averages z-scored maps and needs score.normalize=pixel; "
                 f"got score.normalize={normalize}"
             )
+        self.parts = COMPONENTS.get(residual, (residual,))
+        # Registered only for a learned residual, so other checkpoints keep their keys and load strictly.
+        self.segmenter = None
+        if LEARNED in self.parts:
+            if normalize != "pixel":
+                raise ValueError(
+                    f"score.residual={residual} z-scores the segmenter's logits on clean images and needs "
+                    f"score.normalize=pixel; got score.normalize={normalize}"
+                )
+            self.segmenter = DefectSegmenter(autoencoder.in_channels, segmenter_width, segmenter_depth)
         if normalize == "pixel":
             if not image_size:
                 raise ValueError("score.normalize=pixel needs the model input size (image_size)")
@@ -104,6 +123,8 @@ class AnomalyScorer(nn.Module):
             o["normalize"],
             o["flip_average"],
             o["residual"],
+            o["segmenter_width"],
+            o["segmenter_depth"],
         )
 
     def residual(self, images: Tensor, reconstructions: Tensor | None = None) -> Tensor:
@@ -114,12 +135,23 @@ class AnomalyScorer(nn.Module):
         """
         if reconstructions is None:
             reconstructions = self.autoencoder(images)
-        residual = residual_map(images, reconstructions, self.residual_kind)
+        residual = self._residual_of(images, reconstructions)
         if self.flip_average:  # flipped back, so both terms describe the same pixel of `images`
             flipped = images.flip(-1)
-            mirrored = residual_map(flipped, self.autoencoder(flipped), self.residual_kind).flip(-1)
+            mirrored = self._residual_of(flipped, self.autoencoder(flipped)).flip(-1)
             residual = 0.5 * (residual + mirrored)
         return residual
+
+    def _residual_of(self, images: Tensor, reconstructions: Tensor) -> Tensor:
+        if self.segmenter is None:
+            return residual_map(images, reconstructions, self.residual_kind)
+        maps = [
+            self.segmenter(images, reconstructions).float()
+            if part == LEARNED
+            else residual_map(images, reconstructions, part)
+            for part in self.parts
+        ]
+        return torch.stack(maps, dim=1) if len(maps) > 1 else maps[0]
 
     def normalized(self, residual: Tensor) -> Tensor:
         """(N, [K,] H, W) residual -> (N, H, W) z-scores against clean validation images when
@@ -136,8 +168,20 @@ class AnomalyScorer(nn.Module):
 
     @torch.no_grad()
     def fit_normalization(self, total: Tensor, total_sq: Tensor, count: float) -> None:
-        """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals."""
-        self.fit_statistics(*residual_statistics(total, total_sq, count))
+        """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals.
+
+        The learned component gets one mean and std over all pixels instead: the segmenter's logits on
+        clean images are flat but for rare spikes, and per-pixel statistics of a few validation images
+        gave image AUROC 0.02-0.03 lower (experiments/README.md, "A learned residual").
+        """
+        mean, std = residual_statistics(total, total_sq, count)
+        if self.segmenter is not None:
+            part = (self.parts.index(LEARNED),) if len(self.parts) > 1 else ()
+            pixels = count * total[part].numel()
+            pooled_mean = total[part].sum() / pixels
+            pooled_var = (total_sq[part].sum() / pixels - pooled_mean.pow(2)).clamp_min(1e-24)
+            mean[part], std[part] = pooled_mean.float(), pooled_var.sqrt().float()
+        self.fit_statistics(mean, std)
 
     @torch.no_grad()
     def fit_statistics(self, mean: Tensor, std: Tensor) -> None:

@@ -20,7 +20,12 @@ RESIDUALS = (
     "ssim",
     "squared_and_ssim",
     "squared_gradient_and_ssim",
+    "learned",
+    "squared_gradient_and_learned",
 )
+# The component scored by a trained DefectSegmenter (model/segmenter.py) rather than by a formula: the
+# scorer computes it, `residual_map` never does.
+LEARNED = "learned"
 # Residuals made of several maps, each z-scored with its own clean statistics before they are averaged: the
 # gradient distance of a trained model's clean residual is ~17x the squared residual's in std, ~37x in mean
 # (brick, 600 steps), so an unscaled sum would be the gradient map alone.
@@ -28,6 +33,7 @@ COMPONENTS = {
     "squared_and_gradient": ("squared", "gradient"),
     "squared_and_ssim": ("squared", "ssim"),
     "squared_gradient_and_ssim": ("squared", "gradient", "ssim"),
+    "squared_gradient_and_learned": ("squared", "gradient", LEARNED),
 }
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)
@@ -86,6 +92,8 @@ def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared")
     Gaussian window, averaged over channels: compares local mean, contrast and correlation, so a patch whose
     texture is flattened, re-oriented or has its contrast changed scores even where its mean tone is kept.
     """
+    if kind == LEARNED or LEARNED in COMPONENTS.get(kind, ()):
+        raise ValueError(f"score.residual={kind} needs the trained segmenter: score it with AnomalyScorer")
     images, reconstructions = images.float(), reconstructions.float()
     if kind in COMPONENTS:
         return torch.stack([residual_map(images, reconstructions, part) for part in COMPONENTS[kind]], dim=1)

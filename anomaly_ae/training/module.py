@@ -23,6 +23,7 @@ from anomaly_ae.model.autoencoder import architecture
 from anomaly_ae.model.loss import reconstruction_loss
 from anomaly_ae.model.scorer import AnomalyScorer
 from anomaly_ae.model.scoring import residual_sums
+from anomaly_ae.model.segmenter import segmentation_loss
 from anomaly_ae.training.speed import adam
 
 VAL_CORRUPTION_SEED = 12345  # fixed: validation sees the same pseudo-defects every epoch
@@ -36,7 +37,8 @@ class AnomalyAE(L.LightningModule):
         model: kwargs of the autoencoder, with `_target_`.
         corruption: kwargs of the training corruption, with `_target_`; None trains a plain autoencoder.
         optim: lr, betas, weight_decay, scheduler ("cosine" or "none"), warmup_steps.
-        score: the AnomalyScorer's options (sigma, reduction, topk, normalize, flip_average).
+        score: the AnomalyScorer's options (sigma, reduction, topk, normalize, flip_average, residual, and
+            the segmenter's size; a learned residual adds the segmenter's focal loss to the objective).
         loss: clean_weight (None: plain MSE over the image), gradient_weight (0: no edge term).
         augment: hflip, vflip, rot90 applied on the device during training.
         eval: resolution ("mask" or "model"), threshold ("f1" or "quantile"), quantile, max_fpr.
@@ -73,6 +75,11 @@ class AnomalyAE(L.LightningModule):
         autoencoder = instantiate(architecture(model), in_channels=in_channels)
         self.scorer = AnomalyScorer.from_config(autoencoder, score, image_size)
         self.corruption = instantiate(corruption) if corruption else None
+        if self.scorer.segmenter is not None and self.corruption is None:
+            raise ValueError(
+                f"score.residual={score['residual']} trains its segmenter on the corruption's masks, but "
+                "corruption=none: choose a corruption or another score.residual"
+            )
         # Validation always uses the default corruption, so that checkpoints and thresholds of every
         # training objective (plain AE included) are selected on the same pseudo-defects.
         self.val_corruption = StructuredCorruption()
@@ -136,6 +143,14 @@ class AnomalyAE(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         reconstructions = self.autoencoder(batch["input"])
         loss = self._loss(reconstructions, batch)
+        if self.scorer.segmenter is not None:
+            # Detached: the segmenter learns to read the autoencoder's errors without reshaping them, so
+            # the reconstruction objective (and the residual components beside it) stay as without it.
+            logits = self.scorer.segmenter(batch["input"], reconstructions.detach())
+            segmentation = segmentation_loss(logits, batch["corruption_mask"][:, 0])
+            self.log("train/segmentation_loss", segmentation, on_step=False, on_epoch=True,
+                     batch_size=len(reconstructions))  # fmt: skip
+            loss = loss + segmentation
         every = self.hparams.sync_every_n_steps
         finite = torch.isfinite(loss) if self._finite is None else self._finite & torch.isfinite(loss)
         self._finite = finite

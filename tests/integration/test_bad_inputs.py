@@ -116,6 +116,13 @@ CASES = [
      "error: score.residual=squared_and_gradient averages z-scores of its maps and needs "
      "score.normalize=pixel; got score.normalize=none: set score.normalize=pixel or choose another "
      "score.residual"),
+    ("train-learned-without-corruption",
+     train("mvtec", "score.residual=squared_gradient_and_learned", "corruption=none"), 2,
+     "error: score.residual=squared_gradient_and_learned trains its segmenter on the corruption's masks, but "
+     "corruption=none: choose a corruption (corruption=families) or another score.residual"),
+    ("train-learned-unnormalised", train("mvtec", "score.residual=learned", "score.normalize=none"), 2,
+     "error: score.residual=learned z-scores the segmenter's logits on clean images and needs "
+     "score.normalize=pixel; got score.normalize=none: set score.normalize=pixel"),
     ("train-textures-category", [*train("mvtec", "data=textures"), "category=wood"], 2,
      "error: data=textures category='wood' is not one of ['brick', 'grass', 'gravel'] (in data); set it on "
      "the command line or in the config file"),

@@ -156,12 +156,15 @@ SCORE_OPTIONS = {
     "ssim": {"residual": "ssim", "normalize": "pixel"},
     "squared_and_ssim": {"residual": "squared_and_ssim", "normalize": "pixel"},
     "squared_gradient_and_ssim": {"residual": "squared_gradient_and_ssim", "normalize": "pixel"},
+    "squared_gradient_and_learned": {"residual": "squared_gradient_and_learned", "normalize": "pixel"},
 }
+STRUCTURED = {"_target_": "anomaly_ae.corruption.structured.StructuredCorruption"}
 
 
 @pytest.mark.parametrize("option", SCORE_OPTIONS)
 def test_score_options_are_exported_with_the_model(option, tmp_path):
-    checkpoint = make_tiny_checkpoint(tmp_path / "model.ckpt", **SCORE_OPTIONS[option])
+    corruption = STRUCTURED if "learned" in option else None  # the segmenter learns the corruption's masks
+    checkpoint = make_tiny_checkpoint(tmp_path / "model.ckpt", corruption=corruption, **SCORE_OPTIONS[option])
     reference = AnomalyAE.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     if option == "normalize":  # fitted by the checkpoint's validation pass, so the parity below covers them
         assert not torch.equal(reference.scorer.residual_mean, torch.zeros(SIZE, SIZE))

@@ -28,11 +28,14 @@ SIZE = 32
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_tiny_checkpoint(path: Path, model: dict | None = None, **score) -> Path:
+def make_tiny_checkpoint(
+    path: Path, model: dict | None = None, corruption: dict | None = None, **score
+) -> Path:
     """A real AnomalyAE checkpoint: one training step, one validation pass that fits both thresholds.
 
-    `model`: options added to the model config. `score`: options added to the score config
-    (normalize=pixel: that validation fits the statistics too).
+    `model`: options added to the model config; `corruption`: the training corruption (None: a plain
+    autoencoder). `score`: options added to the score config (normalize=pixel: that validation fits the
+    statistics too).
     """
     rng = np.random.default_rng(0)
     images = [{"image": torch.from_numpy(stripes(SIZE, rng, 1))[None]} for _ in range(16)]
@@ -44,7 +47,7 @@ def make_tiny_checkpoint(path: Path, model: dict | None = None, **score) -> Path
             "dilations": [1, 2],
             **(model or {}),
         },
-        corruption=None,
+        corruption=corruption,
         optim={
             "lr": 1e-3,
             "betas": [0.9, 0.999],

@@ -15,7 +15,8 @@ def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root
     rescore = load_script("rescore")
     fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=2"]))
     rows = rescore.rescore(tmp_path / "run", rescore.VARIANTS)
-    assert [row["score"] for row in rows] == list(rescore.VARIANTS)
+    learned = ["learned", "squared_gradient_and_learned"]  # skipped: this run trained no segmenter
+    assert [row["score"] for row in rows] == [name for name in rescore.VARIANTS if name not in learned]
     test = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     as_trained = rows[0]
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # the same weights and score: the same numbers
@@ -50,3 +51,14 @@ def test_the_seeds_table_is_the_mean_and_std_over_runs_that_differ_only_in_the_s
         "| a_brick_600x128 | s | 2 | 0.700 ± 0.141 | 0.750 ± 0.212 | n/a |",  # sample std, as quality.py
         "| a_mono_600x128 | s | 1 | 0.500 ± 0.000 | n/a | n/a |",
     ]
+
+
+def test_rescoring_a_learned_run_reuses_its_trained_segmenter(mvtec_root, tmp_path):
+    rescore = load_script("rescore")
+    overrides = ["trainer.max_epochs=2", "score.residual=squared_gradient_and_learned"]
+    fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + overrides))
+    variants = {name: rescore.VARIANTS[name] for name in ("as trained", "squared_gradient_and_learned", "learned")}
+    as_trained, same, alone = rescore.rescore(tmp_path / "run", variants)
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # a fresh segmenter would score otherwise
+        assert same[key] == pytest.approx(as_trained[key], abs=1e-6), key
+    assert alone["pixel_auroc"] != pytest.approx(as_trained["pixel_auroc"], abs=1e-6)

@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 
 from anomaly_ae.cli.train import build_module, fit
 from anomaly_ae.evaluation.thresholds import fit_image_threshold
-from anomaly_ae.inference.loading import load_module
+from anomaly_ae.inference.loading import load_module, load_scorer
 from anomaly_ae.model.scoring import residual_map
+from anomaly_ae.model.segmenter import segmentation_loss
 from anomaly_ae.training.module import VAL_CORRUPTION_SEED
 from tests.helpers import compose_config, tiny_overrides
 
@@ -74,3 +75,49 @@ def test_loss_gradient_weight_reaches_the_training_loss(mvtec_root, tmp_path, we
     edges = residual_map(targets, blurred, "gradient").mean().item()
     assert edges > 0.1  # a 3x3 blur of noise flattens most gradients
     assert loss.item() == pytest.approx(mse + weight * edges, rel=1e-5)
+
+
+def test_a_learned_residual_trains_its_segmenter_and_scores_with_it_after_loading(mvtec_root, tmp_path):
+    overrides = tiny_overrides(mvtec_root, tmp_path / "run") + [
+        "+trainer.limit_train_batches=2",
+        "trainer.max_epochs=2",
+        "score.residual=squared_gradient_and_learned",
+    ]
+    metrics = fit(compose_config(overrides))
+    assert 0 <= metrics["test/pixel_auroc"] <= 1
+    module = load_module(tmp_path / "run/checkpoints/last.ckpt")
+    assert module.hparams.score["segmenter_width"] == 8 and module.hparams.score["segmenter_depth"] == 3
+    norm = module.scorer.segmenter.encoder[0][1]  # ran in training: its running statistics moved from 0 / 1
+    assert norm.running_mean.abs().max() > 1e-3 and (norm.running_var - 1).abs().max() > 1e-3
+    # The learned component's statistics: one value over all pixels, fitted (not the initial 0 and 1).
+    mean, std = module.scorer.residual_mean[2], module.scorer.residual_std[2]
+    assert mean.unique().numel() == 1 and std.unique().numel() == 1 and float(std[0, 0]) != 1.0
+    scorer = load_scorer(tmp_path / "run/checkpoints/last.ckpt", torch.device("cpu"))
+    images = torch.rand(2, module.hparams.in_channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(scorer(images)[0], module.scorer(images)[0])
+
+
+def test_the_segmenter_loss_is_added_and_does_not_reach_the_autoencoder(mvtec_root, tmp_path):
+    cfg = compose_config([*tiny_overrides(mvtec_root, tmp_path), "score.residual=squared_gradient_and_learned"])
+    module = build_module(cfg, SimpleNamespace(augment={}, channels=1, image_size=32, has_masks=True))
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
+    module.hparams.sync_every_n_steps = 1  # checks the loss at once: no trainer to ask for the batch count
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 32, 32, generator=generator)
+    corrupted, masks = module.val_corruption(images, generator)
+    batch = {"image": images, "input": corrupted, "target": images, "corruption_mask": masks}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    with torch.no_grad():
+        reconstructions = module.autoencoder(corrupted)
+        expected = module._loss(reconstructions, batch) + segmentation_loss(
+            module.scorer.segmenter(corrupted, reconstructions), masks[:, 0]
+        )
+    assert masks.sum() > 0 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert module.scorer.segmenter.head.weight.grad.abs().sum() > 0
+    autoencoder_grads = [p.grad.clone() for p in module.autoencoder.parameters()]
+    module.zero_grad()
+    module._loss(module.autoencoder(corrupted), batch).backward()  # the reconstruction loss alone
+    for alone, with_segmenter in zip(module.autoencoder.parameters(), autoencoder_grads, strict=True):
+        assert torch.allclose(alone.grad, with_segmenter, atol=1e-7)

@@ -169,3 +169,42 @@ def test_normalize_refuses_unknown_values_missing_size_and_maps_of_another_size(
         AnomalyScorer(Zeros(), normalize="pixel")
     with pytest.raises(ValueError, match=r"statistics at \(16, 16\)"):
         AnomalyScorer(Zeros(), normalize="pixel", image_size=SIZE)(torch.rand(1, 1, 8, 8))
+
+
+def test_a_learned_residual_owns_a_segmenter_whose_weights_are_in_the_state_dict():
+    autoencoder = ConvAutoencoder(in_channels=1, width=4, depth=2, dilations=[1])
+    learned = AnomalyScorer(autoencoder, image_size=SIZE, normalize="pixel", residual="squared_gradient_and_learned")
+    assert any(key.startswith("segmenter.") for key in learned.state_dict())
+    assert learned.residual_mean.shape == (3, SIZE, SIZE)  # squared, gradient, learned
+    plain = AnomalyScorer(autoencoder, image_size=SIZE, normalize="pixel", residual="squared_and_gradient")
+    assert plain.segmenter is None and not any(key.startswith("segmenter.") for key in plain.state_dict())
+    with pytest.raises(ValueError, match="score.residual=learned z-scores the segmenter's logits on clean images"):
+        AnomalyScorer(autoencoder, image_size=SIZE, residual="learned")
+
+
+def test_the_learned_component_is_z_scored_with_one_mean_and_std_over_all_pixels():
+    generator = torch.Generator().manual_seed(4)
+    autoencoder = ConvAutoencoder(in_channels=1, width=4, depth=2, dilations=[1]).eval()
+    scorer = AnomalyScorer(
+        autoencoder, sigma=0, image_size=SIZE, normalize="pixel", residual="squared_gradient_and_learned"
+    ).eval()
+    clean = bright_border_images(64, generator)
+    with torch.no_grad():
+        residual = scorer.residual(clean).double()  # (64, 3, S, S)
+        sums = torch.stack([torch.ones_like(residual).sum(0), residual.sum(0), residual.pow(2).sum(0)])
+        scorer.fit_normalization(sums[1], sums[2], 64.0)
+        z = scorer.normalized(scorer.residual(clean))
+    logits = residual[:, 2]
+    # One value for every pixel of the learned component: the mean and (population) std of all its logits.
+    assert torch.allclose(scorer.residual_mean[2], torch.full((SIZE, SIZE), logits.mean().item()), atol=1e-5)
+    assert torch.allclose(scorer.residual_std[2], torch.full((SIZE, SIZE), logits.std(correction=0).item()))
+    assert scorer.residual_std[0].unique().numel() > 1  # the formula components keep per-pixel statistics
+    learned_z = (logits - scorer.residual_mean[2]) / scorer.residual_std[2]
+    assert learned_z.mean().abs() < 1e-4 and learned_z.std(correction=0) == pytest.approx(1, abs=1e-4)
+    formula_z = (residual[:, :2] - scorer.residual_mean[:2]) / scorer.residual_std[:2]
+    assert torch.allclose(z, torch.cat([formula_z, learned_z[:, None]], 1).mean(1).float(), atol=1e-4)
+
+
+def test_residual_map_refuses_the_learned_residual_that_only_the_scorer_computes():
+    with pytest.raises(ValueError, match="score.residual=learned needs the trained segmenter"):
+        residual_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), "learned")
