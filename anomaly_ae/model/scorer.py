@@ -168,20 +168,8 @@ class AnomalyScorer(nn.Module):
 
     @torch.no_grad()
     def fit_normalization(self, total: Tensor, total_sq: Tensor, count: float) -> None:
-        """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals.
-
-        The learned component gets one mean and std over all pixels instead: the segmenter's logits on
-        clean images are flat but for rare spikes, and per-pixel statistics of a few validation images
-        gave image AUROC 0.02-0.03 lower (experiments/README.md, "A learned residual").
-        """
-        mean, std = residual_statistics(total, total_sq, count)
-        if self.segmenter is not None:
-            part = (self.parts.index(LEARNED),) if len(self.parts) > 1 else ()
-            pixels = count * total[part].numel()
-            pooled_mean = total[part].sum() / pixels
-            pooled_var = (total_sq[part].sum() / pixels - pooled_mean.pow(2)).clamp_min(1e-24)
-            mean[part], std[part] = pooled_mean.float(), pooled_var.sqrt().float()
-        self.fit_statistics(mean, std)
+        """Per-pixel statistics from ([K,] H, W) sums and sums of squares of `count` clean residuals."""
+        self.fit_statistics(*residual_statistics(total, total_sq, count))
 
     @torch.no_grad()
     def fit_statistics(self, mean: Tensor, std: Tensor) -> None:
