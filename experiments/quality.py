@@ -41,11 +41,13 @@ ELPV_ARCH = ["model=conv_ae_bottleneck"]  # the architecture of experiment=elpv_
 ELPV_LAYERS = [*ELPV_ARCH, "model.skips=true"]  # its layers with the default's gated skips
 
 VARIANTS: dict[str, list[str]] = {
-    "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=families
-    # (corruption=paper until 2026-12-02: the `defaults` rows of the runs files up to then are `paper` rows)
+    "defaults": [],  # conf/ as it is: gated skips, linear output, 4x4 downsampling, corruption=families,
+    # score.residual=squared_gradient_and_learned (corruption=paper until 2026-12-02, score.residual=
+    # squared_and_gradient until 2026-12-05: the `defaults` rows of the runs files up to then used those)
     "paper": ["corruption=paper"],  # the default architecture with the paper's corruption alone
     "elpv_arch": ELPV_ARCH,  # the architecture of experiment=elpv_demo
-    "plain_ae": ["corruption=none", "model.skips=false", "model.bottleneck_channels=8"],  # baseline
+    "plain_ae": ["corruption=none", "model.skips=false", "model.bottleneck_channels=8",
+                 "score.residual=squared_and_gradient"],  # baseline: no masks, so the formula residual
     # Gated skips only at the coarser resolutions: texture guidance without a path for 1-px cracks.
     "skips_from_4": ["model.skip_min_stride=4"],
     "skips_from_8": ["model.skip_min_stride=8"],
@@ -75,6 +77,7 @@ VARIANTS: dict[str, list[str]] = {
                                 "corruption.sources=[batch,self,texture,missing]"],
     # + a segmenter trained on the corruption masks, its logits a third z-scored residual component.
     "learned": ["score.residual=squared_gradient_and_learned"],
+    "learned_w16": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=16"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
     "elpv_arch_families_lr_2e-4": [*ELPV_ARCH, "corruption=families", "optim.lr=2.0e-4"],

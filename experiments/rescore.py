@@ -102,7 +102,7 @@ def fitted_scorer(module, datamodule, options: dict) -> AnomalyScorer:
     scorer = AnomalyScorer.from_config(module.autoencoder, score, module.hparams.image_size).eval()
     if scorer.segmenter is not None:  # a learned residual: the run's trained segmenter, not a fresh one
         if module.scorer.segmenter is None:
-            raise ValueError(f"{options}: this run trained no segmenter (its score.residual has no learned part)")
+            raise ValueError(f"{options}: this run trained no segmenter (its score.residual is a formula)")
         scorer.segmenter = module.scorer.segmenter
     if score.get("normalize", "none") != "none":
         batches = datamodule.val_dataloader()

@@ -67,11 +67,11 @@ def test_explain_writes_panels_relevance_and_the_trained_modules_scores(tiny_run
     assert np.load(tmp_path / "000_relevance.npy").shape == (32, 32)
     module = AnomalyAE.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     images = torch.stack([read_image(p, 1, 32) for p in paths]).float() / 255
-    # The default score.residual=squared_and_gradient: LRP explains its squared term, and says so.
-    assert module.scorer.residual_kind == "squared_and_gradient"
+    # The default score.residual=squared_gradient_and_learned: LRP explains its squared term, and says so.
+    assert module.scorer.residual_kind == "squared_gradient_and_learned"
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "LRP explains the squared component of score.residual=squared_and_gradient: the score column is that "
-        "component's image score (the map in each panel is the model's own)"
+        "LRP explains the squared component of score.residual=squared_gradient_and_learned: the score column "
+        "is that component's image score (the map in each panel is the model's own)"
     )
     with torch.no_grad():
         expected = lrp_scorer(module.scorer)(images)[1]

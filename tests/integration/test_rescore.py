@@ -15,8 +15,7 @@ def test_rescore_reproduces_the_runs_own_test_and_scores_every_option(mvtec_root
     rescore = load_script("rescore")
     fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + ["trainer.max_epochs=2"]))
     rows = rescore.rescore(tmp_path / "run", rescore.VARIANTS)
-    learned = ["learned", "squared_gradient_and_learned"]  # skipped: this run trained no segmenter
-    assert [row["score"] for row in rows] == [name for name in rescore.VARIANTS if name not in learned]
+    assert [row["score"] for row in rows] == list(rescore.VARIANTS)  # the default trains a segmenter
     test = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     as_trained = rows[0]
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # the same weights and score: the same numbers
@@ -55,9 +54,11 @@ def test_the_seeds_table_is_the_mean_and_std_over_runs_that_differ_only_in_the_s
 
 def test_rescoring_a_learned_run_reuses_its_trained_segmenter(mvtec_root, tmp_path):
     rescore = load_script("rescore")
-    overrides = ["trainer.max_epochs=2", "score.residual=squared_gradient_and_learned"]
+    overrides = ["trainer.max_epochs=2"]  # the default score.residual=squared_gradient_and_learned
     fit(compose_config(tiny_overrides(mvtec_root, tmp_path / "run") + overrides))
-    variants = {name: rescore.VARIANTS[name] for name in ("as trained", "squared_gradient_and_learned", "learned")}
+    variants = {
+        name: rescore.VARIANTS[name] for name in ("as trained", "squared_gradient_and_learned", "learned")
+    }
     as_trained, same, alone = rescore.rescore(tmp_path / "run", variants)
     for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # a fresh segmenter would score otherwise
         assert same[key] == pytest.approx(as_trained[key], abs=1e-6), key

@@ -25,6 +25,7 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
         "trainer.max_epochs=2",
         "score.normalize=pixel",
         "score.flip_average=true",
+        "score.residual=squared_and_gradient",  # two formula components, computed by hand below
     ]
     cfg = compose_config(overrides)
     metrics = fit(cfg)
@@ -33,7 +34,7 @@ def test_fit_with_pixel_normalisation_saves_the_clean_validation_statistics(mvte
     scorer = module.scorer
     mean, std = scorer.residual_mean, scorer.residual_std
     assert module.hparams.score["normalize"] == "pixel" and scorer.flip_average
-    assert module.hparams.score["residual"] == "squared_and_gradient"  # the default: one pair per component
+    assert module.hparams.score["residual"] == "squared_and_gradient"  # one pair of statistics per component
     assert mean.shape == std.shape == (2, 32, 32)
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
     assert mean.min() > 0 and not torch.equal(std, torch.ones_like(std))  # fitted, not the initial 0 and 1
@@ -98,7 +99,9 @@ def test_a_learned_residual_trains_its_segmenter_and_scores_with_it_after_loadin
 
 
 def test_the_segmenter_loss_is_added_and_does_not_reach_the_autoencoder(mvtec_root, tmp_path):
-    cfg = compose_config([*tiny_overrides(mvtec_root, tmp_path), "score.residual=squared_gradient_and_learned"])
+    cfg = compose_config(
+        [*tiny_overrides(mvtec_root, tmp_path), "score.residual=squared_gradient_and_learned"]
+    )
     module = build_module(cfg, SimpleNamespace(augment={}, channels=1, image_size=32, has_masks=True))
     module.log = lambda *args, **kwargs: None  # no trainer to log to
     module.hparams.sync_every_n_steps = 1  # checks the loss at once: no trainer to ask for the batch count

@@ -173,12 +173,15 @@ def test_normalize_refuses_unknown_values_missing_size_and_maps_of_another_size(
 
 def test_a_learned_residual_owns_a_segmenter_whose_weights_are_in_the_state_dict():
     autoencoder = ConvAutoencoder(in_channels=1, width=4, depth=2, dilations=[1])
-    learned = AnomalyScorer(autoencoder, image_size=SIZE, normalize="pixel", residual="squared_gradient_and_learned")
+    learned = AnomalyScorer(
+        autoencoder, image_size=SIZE, normalize="pixel", residual="squared_gradient_and_learned"
+    )
     assert any(key.startswith("segmenter.") for key in learned.state_dict())
     assert learned.residual_mean.shape == (3, SIZE, SIZE)  # squared, gradient, learned
     plain = AnomalyScorer(autoencoder, image_size=SIZE, normalize="pixel", residual="squared_and_gradient")
     assert plain.segmenter is None and not any(key.startswith("segmenter.") for key in plain.state_dict())
-    with pytest.raises(ValueError, match="score.residual=learned z-scores the segmenter's logits on clean images"):
+    refused = "score.residual=learned z-scores the segmenter's logits on clean images"
+    with pytest.raises(ValueError, match=refused):
         AnomalyScorer(autoencoder, image_size=SIZE, residual="learned")
 
 
