@@ -31,7 +31,7 @@ from anomaly_ae.data.images import as_float
 from anomaly_ae.evaluation.metrics import ImageMetrics, PixelMetrics
 from anomaly_ae.inference.loading import load_module
 from anomaly_ae.model.scorer import AnomalyScorer
-from anomaly_ae.model.scoring import residual_sums
+from anomaly_ae.model.scoring import residual_sums, uses_segmenter
 from anomaly_ae.training.module import VAL_CORRUPTION_SEED
 
 SQUARED_AND_GRADIENT = {"residual": "squared_and_gradient", "normalize": "pixel"}  # the default residual
@@ -75,7 +75,7 @@ def rescore(run_dir: Path, variants: dict[str, dict]) -> list[dict]:
     module, datamodule = load_run(run_dir)
     rows = []
     for name, options in variants.items():
-        if "learned" in options.get("residual", "") and module.scorer.segmenter is None:
+        if uses_segmenter(options.get("residual", "squared")) and module.scorer.segmenter is None:
             print(f"{run_dir.name} / {name}: skipped, the run trained no segmenter", file=sys.stderr)
             continue
         scorer = fitted_scorer(module, datamodule, options)

@@ -18,7 +18,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from anomaly_ae.corruption.structured import FILLS, FOREIGN_SOURCES, SHAPES
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.model.autoencoder import ACTIVATIONS, NORMS, OUTPUTS, PADDINGS, SKIP_GATES
-from anomaly_ae.model.scoring import COMPONENTS, LEARNED, NORMALIZATIONS, REDUCTIONS, RESIDUALS
+from anomaly_ae.model.scoring import (
+    COMPONENTS,
+    LEARNED,
+    NORMALIZATIONS,
+    REDUCTIONS,
+    RESIDUALS,
+    uses_segmenter,
+)
 
 # Above this side the first full-resolution layer alone holds width x side^2 float32 activations per image
 # (32 x 4096^2 x 4 B = 2 GB): larger photos are tiled or resized before they reach the model.
@@ -283,8 +290,7 @@ def _check_training(cfg: DictConfig) -> None:
             f"score.residual={residual} z-scores the segmenter's logits on clean images and needs "
             f"score.normalize=pixel; got score.normalize={normalize}: set score.normalize=pixel"
         )
-    learned = residual == LEARNED or LEARNED in COMPONENTS.get(residual, ())
-    if learned and "corruption" in cfg and not cfg.corruption:
+    if residual is not _ABSENT and uses_segmenter(residual) and "corruption" in cfg and not cfg.corruption:
         raise ConfigError(
             f"score.residual={residual} trains its segmenter on the corruption's masks, but corruption=none: "
             "choose a corruption (corruption=families) or another score.residual"

@@ -22,6 +22,7 @@ from anomaly_ae.model.scoring import (
     residual_statistics,
     smooth,
     smoothing_radius,
+    uses_segmenter,
 )
 from anomaly_ae.model.segmenter import DefectSegmenter
 
@@ -91,7 +92,7 @@ class AnomalyScorer(nn.Module):
         self.parts = COMPONENTS.get(residual, (residual,))
         # Registered only for a learned residual, so other checkpoints keep their keys and load strictly.
         self.segmenter = None
-        if LEARNED in self.parts:
+        if uses_segmenter(residual):
             if normalize != "pixel":
                 raise ValueError(
                     f"score.residual={residual} z-scores the segmenter's logits on clean images and needs "

@@ -35,6 +35,13 @@ COMPONENTS = {
     "squared_gradient_and_ssim": ("squared", "gradient", "ssim"),
     "squared_gradient_and_learned": ("squared", "gradient", LEARNED),
 }
+
+
+def uses_segmenter(kind: str) -> bool:
+    """Whether the residual `kind` is or contains the learned component."""
+    return LEARNED in COMPONENTS.get(kind, (kind,))
+
+
 # Pyramid levels of the multi-scale residuals: full size and 1/2, 1/4, 1/8 (RIAD, Zavrtanik et al. 2021).
 SCALES = (1, 2, 4, 8)
 # The stabilising constant of gradient-magnitude similarity. RIAD's 0.0026 is for Prewitt/3 kernels, whose
@@ -92,7 +99,7 @@ def residual_map(images: Tensor, reconstructions: Tensor, kind: str = "squared")
     Gaussian window, averaged over channels: compares local mean, contrast and correlation, so a patch whose
     texture is flattened, re-oriented or has its contrast changed scores even where its mean tone is kept.
     """
-    if kind == LEARNED or LEARNED in COMPONENTS.get(kind, ()):
+    if uses_segmenter(kind):
         raise ValueError(f"score.residual={kind} needs the trained segmenter: score it with AnomalyScorer")
     images, reconstructions = images.float(), reconstructions.float()
     if kind in COMPONENTS:

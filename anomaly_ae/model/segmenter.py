@@ -27,7 +27,7 @@ def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DefectSegmenter(nn.Module):
-    """(image, reconstruction) -> (N, H, W) defect logits; input sides divisible by 2**depth.
+    """(image, reconstruction) -> (N, H, W) defect logits; any input side of at least 2**depth px.
 
     Args:
         in_channels: channels of the image (the input holds the image and its reconstruction).
