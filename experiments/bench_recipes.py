@@ -2,6 +2,8 @@
 
 Run: PYTHONPATH=. python experiments/bench_recipes.py            (experiment=cpu against elpv_demo, 128 px)
      PYTHONPATH=. python experiments/bench_recipes.py --quick    (seconds)
+     PYTHONPATH=. python experiments/bench_recipes.py --recipe elpv_demo --recipe cpu \
+         --recipe "cpu score.residual=squared_and_gradient"     (a recipe: its name, then overrides)
 
 Each recipe is the real composed config (`experiment=<name>`) turned into the `AnomalyAE` that `train`
 builds, so its model, corruption, loss and score are the recipe's own; only the input is shared: smooth
@@ -30,8 +32,10 @@ from anomaly_ae.training.module import AnomalyAE
 from experiments.bench_train import AUGMENT, CONF, InMemoryImages, module_training_step, time_steps
 
 
-def recipe_module(name: str, channels: int, size: int, quick: bool) -> AnomalyAE:
-    overrides = [f"experiment={name}", f"data.image_size={size}"]
+def recipe_module(recipe: str, channels: int, size: int, quick: bool) -> AnomalyAE:
+    """`recipe`: an experiment name, then optional space-separated overrides."""
+    name, *extra = recipe.split()
+    overrides = [f"experiment={name}", f"data.image_size={size}", *extra]
     if quick:
         overrides += ["model.width=4", "model.max_width=8", "model.depth=2", "model.dilations=[1,2]"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -58,7 +62,10 @@ def inference_seconds(module: AnomalyAE, images: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="elpv_demo,cpu", help="experiment names; ratios vs the first")
+    parser.add_argument(
+        "--recipe", action="append",
+        help="an experiment name and its overrides, repeated; ratios vs the first (default: elpv_demo, cpu)",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="training batch (the quality suite's)")
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.infer_batch, args.steps, args.rounds = 32, 4, 4, 2, 2
-    names = args.recipes.split(",")
+    names = args.recipe or ["elpv_demo", "cpu"]
     modules = {name: recipe_module(name, args.channels, args.size, args.quick) for name in names}
     data = InMemoryImages(args.batch * (args.warmup + args.steps), args.channels, args.size)
     loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True)
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     first_train, first_infer = statistics.median(train[names[0]]), statistics.median(infer[names[0]])
     for name, module in modules.items():
         rate, served = statistics.median(train[name]), statistics.median(infer[name])
-        params = sum(p.numel() for p in module.autoencoder.parameters()) / 1e6
+        params = sum(p.numel() for p in module.parameters()) / 1e6
         print(
             f"| {name} | {params:.2f} | {rate:.1f} | {rate / first_train:.2f} | {served:.1f} "
             f"| {served / first_infer:.2f} |"

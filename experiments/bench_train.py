@@ -121,7 +121,7 @@ def module_training_step(
         if module.corruption is not None:
             target = module.corruption.anchor_noise(images, generator)
             corrupted, mask = module.corruption(target, generator)
-        loss = module._loss(module.autoencoder(corrupted), {"target": target, "corruption_mask": mask})
+        loss, _ = module.training_loss({"input": corrupted, "target": target, "corruption_mask": mask})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -141,16 +141,10 @@ class AnomalyAE(L.LightningModule):
         return batch
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        reconstructions = self.autoencoder(batch["input"])
-        loss = self._loss(reconstructions, batch)
-        if self.scorer.segmenter is not None:
-            # Detached: the segmenter learns to read the autoencoder's errors without reshaping them, so
-            # the reconstruction objective (and the residual components beside it) stay as without it.
-            logits = self.scorer.segmenter(batch["input"], reconstructions.detach())
-            segmentation = segmentation_loss(logits, batch["corruption_mask"][:, 0])
+        loss, segmentation = self.training_loss(batch)
+        if segmentation is not None:
             self.log("train/segmentation_loss", segmentation, on_step=False, on_epoch=True,
-                     batch_size=len(reconstructions))  # fmt: skip
-            loss = loss + segmentation
+                     batch_size=len(batch["input"]))  # fmt: skip
         every = self.hparams.sync_every_n_steps
         finite = torch.isfinite(loss) if self._finite is None else self._finite & torch.isfinite(loss)
         self._finite = finite
@@ -159,9 +153,21 @@ class AnomalyAE(L.LightningModule):
             if not finite:  # the one host synchronisation
                 self._stop_on_non_finite(loss, every)
         self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(reconstructions)
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["input"])
         )
         return loss
+
+    def training_loss(self, batch: dict) -> tuple[Tensor, Tensor | None]:
+        """The loss of one transferred batch: reconstruction (+ segmentation), and the segmentation part."""
+        reconstructions = self.autoencoder(batch["input"])
+        loss = self._loss(reconstructions, batch)
+        if self.scorer.segmenter is None:
+            return loss, None
+        # Detached: the segmenter learns to read the autoencoder's errors without reshaping them, so
+        # the reconstruction objective (and the residual components beside it) stay as without it.
+        logits = self.scorer.segmenter(batch["input"], reconstructions.detach())
+        segmentation = segmentation_loss(logits, batch["corruption_mask"][:, 0])
+        return loss + segmentation, segmentation
 
     def _stop_on_non_finite(self, loss: Tensor, every: int = 1) -> None:
         """Stop with the step and the last checkpoint to resume from, instead of training on NaNs."""
