@@ -78,6 +78,7 @@ VARIANTS: dict[str, list[str]] = {
     # + a segmenter trained on the corruption masks, its logits a third z-scored residual component.
     "learned": ["score.residual=squared_gradient_and_learned"],
     "learned_w16": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=16"],
+    "learned_w4": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=4"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
     "elpv_arch_families_lr_2e-4": [*ELPV_ARCH, "corruption=families", "optim.lr=2.0e-4"],

@@ -10,9 +10,10 @@ folder, so it is scored separately):
 - smudge:      loss of detail: the texture blurred and its contrast flattened inside a wobbly outline;
 - misoriented: a patch of the same texture rotated by a non-right angle and rescaled (misplaced material);
 - particles:   foreign particles: a cluster of small compact blobs of a foreign colour or intensity.
-The default training corruption (`anomaly_ae.corruption`, shapes rectangle/ellipse/polygon/blob, fills
-batch/self/texture) comes closest to `misoriented` (its `self` source) and to `hole`/`particles` (flat or
-synthetic fills); it draws no thin strokes and no photometric-only changes (stain, smudge).
+The code differs from the training corruption's, but not every family is far from it. The default
+`corruption=families` draws thin strokes (near scratch and crack), in-place photometric changes (near stain),
+flat fills (near hole) and rotated, rescaled self-copies (near misoriented). Only smudge (blur and flattened
+contrast) and compact particle clusters have no counterpart; experiments/README.md reports each family apart.
 """
 
 from __future__ import annotations
