@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from anomaly_ae.model.autoencoder import architecture
 from anomaly_ae.model.scoring import RESIDUALS
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +120,15 @@ def test_bench_recipes_quick_prints_each_recipe_against_the_first():
     for _, _, train, train_ratio, infer, infer_ratio in rows:
         assert float(train) > 0 and abs(float(train_ratio) - float(train) / first_train) < 0.01
         assert float(infer) > 0 and abs(float(infer_ratio) - float(infer) / first_infer) < 0.01
+
+
+def test_the_recipe_bench_trains_the_segmenter_of_a_learned_residual_as_training_step_does():
+    bench_recipes = load_script("bench_recipes")
+    module = bench_recipes.recipe_module("cpu", channels=3, size=32, quick=True)
+    assert module.scorer.segmenter is not None  # the cpu recipe scores with the default learned residual
+    segmenter, autoencoder = module.scorer.segmenter.head.weight, module.autoencoder.stem[0].weight
+    before = segmenter.detach().clone(), autoencoder.detach().clone()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    step = bench_recipes.module_training_step(module, optimizer, torch.Generator().manual_seed(0))
+    step({"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)})
+    assert not torch.equal(segmenter, before[0]) and not torch.equal(autoencoder, before[1])
