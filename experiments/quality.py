@@ -79,6 +79,8 @@ VARIANTS: dict[str, list[str]] = {
     "learned": ["score.residual=squared_gradient_and_learned"],
     "learned_w16": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=16"],
     "learned_w4": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=4"],
+    # + half of the pasted regions at full opacity and without jitter: no blend or tone edge to find them by.
+    "learned_opaque": ["score.residual=squared_gradient_and_learned", "corruption.opaque_fraction=0.5"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
     "elpv_arch_families_lr_2e-4": [*ELPV_ARCH, "corruption=families", "optim.lr=2.0e-4"],

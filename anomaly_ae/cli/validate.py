@@ -187,6 +187,7 @@ TRAIN = DATA | {
     "corruption.sources": subset(FOREIGN_SOURCES),
     "corruption.alpha_min": number(0, 1),
     "corruption.jitter": number(0),
+    "corruption.opaque_fraction": number(0, 1),
     "corruption.min_scale_change": number(0),
     "corruption.elastic": number(0),
     "corruption.gaussian_noise_std": number(0),

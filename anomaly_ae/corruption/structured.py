@@ -68,6 +68,9 @@ class StructuredCorruption(nn.Module):
             synthetic texture, or images from `texture_dir` ("external").
         alpha_min: opacity is drawn from U(alpha_min, 1) so that faint defects are covered too.
         jitter: strength of the brightness/contrast jitter of foreign fills.
+        opaque_fraction: share of regions pasted as they are, at full opacity and without jitter: misplaced
+            material or a foreign part is opaque and keeps its own tone, and with every paste blended or
+            re-toned a blend or tone edge is enough to find them all, which real defects do not offer.
         min_scale_change: warped copies are scaled by a factor at least this far from 1, so a shifted copy
             of a periodic texture never lines up with its period (which would be another normal image).
         gaussian_noise_std: identity-anchored noise added to input *and* target (see `anchor_noise`).
@@ -85,6 +88,7 @@ class StructuredCorruption(nn.Module):
         sources: Sequence[str] = ("batch", "self", "texture"),
         alpha_min: float = 0.5,
         jitter: float = 0.2,
+        opaque_fraction: float = 0.0,
         min_scale_change: float = 0.25,
         elastic: float = 0.05,
         gaussian_noise_std: float = 0.0,
@@ -109,7 +113,9 @@ class StructuredCorruption(nn.Module):
             raise ValueError(f"corruption.max_aspect={max_aspect} must be >= 1")
         self.min_size, self.max_size, self.max_aspect = min_size, max_size, max_aspect
         self.shapes, self.fill, self.sources = tuple(shapes), fill, tuple(sources)
-        self.alpha_min, self.jitter = alpha_min, jitter
+        if not 0 <= opaque_fraction <= 1:
+            raise ValueError(f"corruption.opaque_fraction={opaque_fraction} must lie in [0, 1]")
+        self.alpha_min, self.jitter, self.opaque_fraction = alpha_min, jitter, opaque_fraction
         self.min_scale_change, self.elastic = min_scale_change, elastic
         self.gaussian_noise_std = gaussian_noise_std
         pool = load_texture_pool(Path(texture_dir)) if texture_dir else torch.empty(0)
@@ -122,8 +128,14 @@ class StructuredCorruption(nn.Module):
         used = regions.used()
         # Only active slots are rasterised and filled: ~half of all slots, at no loss of generality.
         masks = region_masks(used, self.shapes, h, w, generator)  # (S, H, W) bool
-        fills = self.sample_fills(images, image_of_slot, generator)  # (S, C, H, W)
+        plain_fills = self.sample_fills(images, image_of_slot, generator)  # (S, C, H, W)
+        fills = plain_fills if self.fill == "blank" else _jitter(plain_fills, self.jitter, generator)
         alpha = _uniform((len(used.shape), 1, 1, 1), self.alpha_min, 1.0, images, generator)
+        if self.opaque_fraction > 0:  # drawn last, so that opaque_fraction=0 keeps the earlier random stream
+            opaque = torch.rand(len(alpha), 1, 1, 1, device=images.device, generator=generator)
+            opaque = opaque < self.opaque_fraction
+            fills = torch.where(opaque, plain_fills, fills)
+            alpha = torch.where(opaque, torch.ones_like(alpha), alpha)
         weights = masks[:, None].to(images.dtype) * alpha  # (S, 1, H, W)
         corrupted, mask = images.clone(), images.new_zeros(b, 1, h, w)
         for r in range(self.max_regions):  # later regions are painted over earlier ones
@@ -161,7 +173,7 @@ class StructuredCorruption(nn.Module):
         )
 
     def sample_fills(self, images: Tensor, owner: Tensor, gen=None) -> Tensor:
-        """Content for each slot of image `owner[s]`: (B, C, H, W), (S,) -> (S, C, H, W)."""
+        """Content for each slot of image `owner[s]`, before jitter: (B, C, H, W), (S,) -> (S, C, H, W)."""
         _, c, h, w = images.shape
         n = len(owner)
         if self.fill == "blank":
@@ -172,7 +184,7 @@ class StructuredCorruption(nn.Module):
             slots = (choice == index).nonzero().squeeze(1)
             if slots.numel():
                 fills[slots] = self._foreign(source, images, owner[slots], gen)
-        return _jitter(fills, self.jitter, gen)
+        return fills
 
     def _foreign(self, source: str, images: Tensor, owner: Tensor, gen) -> Tensor:
         b, c, h, w = images.shape

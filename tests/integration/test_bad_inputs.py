@@ -148,6 +148,8 @@ CASES = [
     ("train-size-huge", train("mvtec", "data.image_size=100000"), 2,
      "error: data.image_size=100000 is not allowed: data.image_size must be an integer in [1, 4096] (tile or "
      "resize larger images first: 4096 px needs GBs per image)" + SET_IT),
+    ("train-opaque-fraction", train("mvtec", "corruption.opaque_fraction=2"), 2,
+     refused("corruption.opaque_fraction", "2", "a number in [0, 1]")),
     ("train-batch-size", train("mvtec", "data.batch_size=0"), 2,
      refused("data.batch_size", "0", "an integer >= 1")),
     ("train-val-fraction", train("mvtec", "data.val_fraction=1.5"), 2,

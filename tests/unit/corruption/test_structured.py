@@ -215,3 +215,23 @@ def test_missing_material_is_dark_or_bright_and_photometric_keeps_the_structure(
         corr = torch.corrcoef(torch.stack([x[unclipped], y[unclipped]]))[0, 1]
         assert corr > 0.999
         assert (y - x).abs().mean() > 0.03
+
+
+def test_opaque_regions_are_pasted_without_blend_or_jitter_and_the_rest_as_before():
+    """opaque_fraction=1 equals alpha_min=1, jitter=0; at 0.5 each region is one of the two, about half each."""
+    images = torch.rand(64, 3, 32, 32)
+    common = {"p_corrupt": 1.0, "max_regions": 1, "alpha_min": 0.5, "jitter": 0.5}
+    blended, mask = StructuredCorruption(**common)(images, generator(4))
+    opaque, opaque_mask = StructuredCorruption(**common, opaque_fraction=1.0)(images, generator(4))
+    plain, _ = StructuredCorruption(**{**common, "alpha_min": 1.0, "jitter": 0.0})(images, generator(4))
+    assert torch.equal(opaque, plain) and torch.equal(opaque_mask, mask)
+    mixed, mixed_mask = StructuredCorruption(**common, opaque_fraction=0.5)(images, generator(4))
+    assert torch.equal(mixed_mask, mask)
+    painted = mask.flatten(1).any(1)  # a region too small to cover a pixel centre changes nothing
+    as_opaque = (mixed == opaque).flatten(1).all(1)[painted]
+    as_blended = (mixed == blended).flatten(1).all(1)[painted]
+    assert painted.sum() > 50 and (as_opaque ^ as_blended).all()  # one or the other, never both or neither
+    n = int(painted.sum())  # Binomial(n, 0.5) lies within 3.5 std of n / 2 with probability > 0.999
+    assert abs(int(as_opaque.sum()) - n / 2) <= 3.5 * (n / 4) ** 0.5
+    with pytest.raises(ValueError, match=r"corruption.opaque_fraction=1.5 must lie in \[0, 1\]"):
+        StructuredCorruption(opaque_fraction=1.5)
