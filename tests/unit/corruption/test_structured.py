@@ -218,7 +218,7 @@ def test_missing_material_is_dark_or_bright_and_photometric_keeps_the_structure(
 
 
 def test_opaque_regions_are_pasted_without_blend_or_jitter_and_the_rest_as_before():
-    """opaque_fraction=1 equals alpha_min=1, jitter=0; at 0.5 each region is one of the two, about half each."""
+    """opaque_fraction=1 equals alpha_min=1, jitter=0; at 0.5 each region is one of the two, half and half."""
     images = torch.rand(64, 3, 32, 32)
     common = {"p_corrupt": 1.0, "max_regions": 1, "alpha_min": 0.5, "jitter": 0.5}
     blended, mask = StructuredCorruption(**common)(images, generator(4))
