@@ -77,6 +77,9 @@ VARIANTS: dict[str, list[str]] = {
                                 "corruption.sources=[batch,self,texture,missing]"],
     # + a segmenter trained on the corruption masks, its logits a third z-scored residual component.
     "learned": ["score.residual=squared_gradient_and_learned"],
+    # The default with the formula residual: the default from 2026-12-02 to 12-05, whose `defaults` rows are
+    # in quality_600_ssim_runs.csv and quality_600_materials_runs.csv.
+    "formula": ["score.residual=squared_and_gradient"],
     "learned_w16": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=16"],
     "learned_w4": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=4"],
     # + half of the pasted regions at full opacity and without jitter: no blend or tone edge to find them by.
