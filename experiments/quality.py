@@ -82,8 +82,16 @@ VARIANTS: dict[str, list[str]] = {
     "formula": ["score.residual=squared_and_gradient"],
     "learned_w16": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=16"],
     "learned_w4": ["score.residual=squared_gradient_and_learned", "score.segmenter_width=4"],
+    # A fourth max-pool stage: 16x coarser context, so that a patch can be compared with more of its surround.
+    "learned_depth4": ["score.residual=squared_gradient_and_learned", "score.segmenter_depth=4"],
     # + half of the pasted regions at full opacity and without jitter: no blend or tone edge to find them by.
     "learned_opaque": ["score.residual=squared_gradient_and_learned", "corruption.opaque_fraction=0.5"],
+    # The elpv_demo architecture with the default's corruption and learned residual: its segmenter may read
+    # past the grain a bottleneck cannot reproduce (its formula residual stayed high on stochastic textures).
+    "bottleneck_learned": [*ELPV_ARCH, "corruption=families", "score.residual=squared_gradient_and_learned"],
+    # The default with skips from H/8 only: the bottleneck_learned rows showed that fewer skips help oriented
+    # and smooth surfaces (and mono) and hurt grainy ones; coarse skips keep some grain guidance.
+    "learned_skips_from_8": ["score.residual=squared_gradient_and_learned", "model.skip_min_stride=8"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
     "elpv_arch_families_lr_2e-4": [*ELPV_ARCH, "corruption=families", "optim.lr=2.0e-4"],
