@@ -65,3 +65,21 @@ def test_family_auroc_from_scores_csv(tmp_path):
     )  # nan: one class
     with pytest.raises(SystemExit):
         quality.main(["--variants", "best_one"])
+
+
+@pytest.mark.parametrize("script", ["quality", "ablation"])
+def test_every_variant_composes_and_passes_the_training_checks(script):
+    from hydra import compose, initialize_config_dir
+
+    from anomaly_ae.cli.common import CONF_DIR
+    from anomaly_ae.cli.validate import TRAIN, validate
+
+    module = load_script(script)
+    extra = module.FORMULA_SCORE if script == "ablation" else []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for name, overrides in module.VARIANTS.items():
+            try:  # a stale key fails compose, a value out of range fails validate
+                cfg = compose(config_name="config", overrides=["data=textures", *extra, *overrides])
+                validate(cfg, TRAIN)
+            except Exception as error:
+                pytest.fail(f"variant {name} of {script}.py: {error}")
