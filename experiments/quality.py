@@ -92,9 +92,9 @@ VARIANTS: dict[str, list[str]] = {
     # The default with skips from H/8 only: the bottleneck_learned rows showed that fewer skips help oriented
     # and smooth surfaces (and mono) and hurt grainy ones; coarse skips keep some grain guidance.
     "learned_skips_from_8": ["score.residual=squared_gradient_and_learned", "model.skip_min_stride=8"],
-    # The default with skip dropout: half of the training images pass the decoder with every skip closed, so it
-    # must also reconstruct from the bottleneck (mono +0.03 with the formula residual, grass and gravel lower);
-    # the segmenter may keep the localisation that the formula residual lost there.
+    # The default with skip dropout: half of the training images pass the decoder with every skip closed,
+    # so it must also reconstruct from the bottleneck (mono +0.03 with the formula residual, grass and
+    # gravel lower); the segmenter may keep the localisation that the formula residual lost there.
     "learned_skip_dropout": ["score.residual=squared_gradient_and_learned", "model.skip_dropout=0.5"],
     # The lr of conf/config.yaml (2e-4) instead of the budget's 2e-3 of experiment=cpu.
     "defaults_lr_2e-4": ["optim.lr=2.0e-4"],
